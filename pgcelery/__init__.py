@@ -1,0 +1,37 @@
+"""pgcelery: PostgreSQL notifications as Celery tasks for Django projects."""
+
+from pgcelery.channels import BaseChannel, Channel, TriggerChannel, UnknownChannel
+from pgcelery.listeners import (
+    listener,
+    post_delete_listener,
+    post_insert_listener,
+    post_save_listener,
+    post_update_listener,
+    pre_delete_listener,
+    pre_insert_listener,
+    pre_save_listener,
+    pre_update_listener,
+    trigger_listener,
+)
+from pgcelery.notify import notify, set_notification_context
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseChannel",
+    "Channel",
+    "TriggerChannel",
+    "UnknownChannel",
+    "listener",
+    "notify",
+    "post_delete_listener",
+    "post_insert_listener",
+    "post_save_listener",
+    "post_update_listener",
+    "pre_delete_listener",
+    "pre_insert_listener",
+    "pre_save_listener",
+    "pre_update_listener",
+    "set_notification_context",
+    "trigger_listener",
+]

@@ -1,0 +1,21 @@
+"""Django app config: discovers every installed app's ``listeners`` module."""
+
+from django.apps import AppConfig, apps
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import autodiscover_modules
+
+
+class PgceleryConfig(AppConfig):
+    name = "pgcelery"
+    verbose_name = "pgcelery"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        if not apps.is_installed("pgtrigger"):
+            raise ImproperlyConfigured(
+                "pgcelery installs its triggers through django-pgtrigger: "
+                "add 'pgtrigger' to INSTALLED_APPS."
+            )
+        # Importing the listeners registers their triggers (for makemigrations) and their
+        # tasks (for the bridge and the workers) without the user importing them.
+        autodiscover_modules("listeners")

@@ -1,0 +1,268 @@
+"""The bridge: LISTEN, claim a batch of outbox rows, publish their tasks, delete the rows.
+
+A row is deleted in the same transaction that claimed it, after the broker accepted
+its messages; a crash before the commit leaves it to be published again, with the same
+task ids. ``FOR UPDATE SKIP LOCKED`` lets any number of bridges drain one outbox
+without dispatching a row twice. A sweep on a timer covers any missed wake-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import socket
+import time
+from collections.abc import Sequence
+
+import psycopg2
+from celery import Celery
+from django.db import connections
+from psycopg2 import sql as pgsql
+
+from pgcelery import channels, conf, listeners, messages, sql
+from pgcelery.publish import BrokerUnavailable, Publisher
+
+logger = logging.getLogger(__name__)
+
+#: How often ``atomic=True`` task records past their retention are pruned.
+PRUNE_INTERVAL = 3600.0
+_DRIVER_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
+
+
+class Backoff:
+    """Exponential delays from ``first`` up to ``ceiling`` seconds, reset on success."""
+
+    def __init__(self, ceiling: float, first: float = 0.5) -> None:
+        self.ceiling, self.first = ceiling, first
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return min(self.ceiling, self.first * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Bridge:
+    """Turns the outbox of one database into Celery task messages until stopped."""
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        database: str | None = None,
+        channels: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        sweep_interval: float | None = None,
+    ) -> None:
+        self.database = database or conf.database()
+        self.channels = list(channels) if channels else None
+        self.batch_size = batch_size or conf.batch_size()
+        self.sweep_interval = sweep_interval or conf.sweep_interval()
+        self.publisher = Publisher(app)
+        self.pg: psycopg2.extensions.connection | None = None
+        self.stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._last_prune = 0.0
+        self._outage: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serves until SIGTERM or SIGINT; finishes the batch in hand, then returns."""
+        previous = self._install_signal_handlers()
+        backoff = Backoff(conf.max_backoff())
+        logger.info(
+            "Bridge started on database %r for %s.",
+            self.database,
+            ", ".join(self.channels) if self.channels else "all channels",
+        )
+        try:
+            while not self.stopping:
+                try:
+                    self._serve(backoff)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    self._close_pg()
+                    self._report_outage("database", exc)
+                    self._sleep(backoff.next_delay())
+                except BrokerUnavailable as exc:
+                    self._report_outage("broker", exc)
+                    self._sleep(backoff.next_delay())
+        finally:
+            self._close_pg()
+            self.publisher.close()
+            self._restore_signal_handlers(previous)
+        logger.info("Bridge stopped.")
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def _install_signal_handlers(self):
+        self._wake_w.setblocking(False)
+        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous["fd"] = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        signal.set_wakeup_fd(previous.pop("fd"))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _report_outage(self, what: str, exc: Exception) -> None:
+        if self._outage != what:
+            logger.error("%s unavailable (%s); retrying with backoff.", what.capitalize(), exc)
+            self._outage = what
+
+    def _recovered(self, backoff: Backoff) -> None:
+        if self._outage is not None:
+            logger.info("%s available again.", self._outage.capitalize())
+            self._outage = None
+        backoff.reset()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleeps, waking early for a stop signal."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            select.select([self._wake_r], [], [], left)
+            self._drain_wakeups()
+
+    def _drain_wakeups(self) -> None:
+        self._wake_r.setblocking(False)
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- database ----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        params = connections[self.database].get_connection_params()
+        for key in _DRIVER_ONLY_PARAMS:
+            params.pop(key, None)
+        self.pg = psycopg2.connect(**params)
+        names = self.channels or listeners.registered_channels()
+        with self.pg.cursor() as cursor:
+            for name in names:
+                cursor.execute(pgsql.SQL("LISTEN {}").format(
+                    pgsql.Identifier(channels.pg_channel(name))))
+        # LISTEN takes effect at commit: committed before the first read of the outbox,
+        # so no notification committed after that read can go unnoticed.
+        self.pg.commit()
+
+    def _close_pg(self) -> None:
+        if self.pg is not None and not self.pg.closed:
+            self.pg.close()
+        self.pg = None
+
+    def _serve(self, backoff: Backoff) -> None:
+        if self.pg is None:
+            self._connect()
+        while not self.stopping:
+            self.drain()
+            self._recovered(backoff)
+            self._prune_if_due()
+            self._wait(self.sweep_interval)
+
+    def _wait(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.pg, self._wake_r], [], [], timeout)
+        if self._wake_r in ready:
+            self._drain_wakeups()
+        if self.pg in ready:
+            self.pg.poll()
+            for notify in self.pg.notifies:
+                if notify.payload:
+                    logger.warning(
+                        "Ignored a wake-up with an unexpected payload on channel %r: %.200r",
+                        notify.channel, notify.payload,
+                    )
+            self.pg.notifies.clear()
+
+    # -- draining ----------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Publishes every pending row, batch after batch; returns how many rows it handled."""
+        handled = 0
+        while not self.stopping:
+            count = self._batch()
+            handled += count
+            if count < self.batch_size:
+                break
+        return handled
+
+    def _batch(self) -> int:
+        if self.channels:
+            query, params = sql.CLAIM_CHANNELS, {"channels": self.channels}
+        else:
+            query, params = sql.CLAIM, {}
+        try:
+            with self.pg.cursor() as cursor:
+                cursor.execute(query, {**params, "limit": self.batch_size})
+                rows = [messages.Row(*row) for row in cursor.fetchall()]
+                sent, failed = self._dispatch_all(rows)
+                if sent:
+                    cursor.execute(sql.DELETE, [sent])
+                if failed:
+                    cursor.execute(sql.FAIL, [list(failed), list(failed.values())])
+            self.pg.commit()
+        except BaseException:
+            if not self.pg.closed:
+                self.pg.rollback()
+            raise
+        if sent:
+            logger.info("Published %d notification(s).", len(sent))
+        return len(rows)
+
+    def _dispatch_all(self, rows: list[messages.Row]) -> tuple[list[int], dict[int, str]]:
+        sent: list[int] = []
+        failed: dict[int, str] = {}
+        for row in rows:
+            reason = self._dispatch(row)
+            if reason is None:
+                sent.append(row.id)
+            else:
+                logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
+                failed[row.id] = reason
+        return sent, failed
+
+    def _dispatch(self, row: messages.Row) -> str | None:
+        """Publishes the row's tasks; returns why it cannot be, or None once done."""
+        targets = listeners.listeners_for(row.channel, row.trigger)
+        if not targets:
+            return _no_listener_reason(row)
+        for listener in targets:
+            try:
+                self.publisher.publish(listener, row, self.database)
+            except BrokerUnavailable:
+                raise
+            except Exception as exc:  # a message the broker or serializer rejects
+                return f"publishing task {listener.task_name} failed: {exc!r}"
+            logger.debug(
+                "Notification %d on %s -> task %s[%s]", row.id, row.channel, listener.task_name,
+                messages.task_id(row.uuid, listener.task_name, listener.trigger),
+            )
+        return None
+
+    def _prune_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_INTERVAL:
+            return
+        with self.pg.cursor() as cursor:
+            cursor.execute(sql.PRUNE_TASK_RECORDS, [conf.atomic_retention()])
+        self.pg.commit()
+        self._last_prune = now
+
+
+def _no_listener_reason(row: messages.Row) -> str:
+    if row.channel not in listeners.registered_channels():
+        return (
+            f"unknown channel {row.channel!r}: no listener is registered for it in this "
+            "project; deploy its listeners, then retry the notification, or discard it"
+        )
+    return (
+        f"no listener for trigger {row.trigger!r} of {row.channel}: the trigger's listeners "
+        "were removed; retry the notification once they are back, or discard it"
+    )

@@ -1,0 +1,137 @@
+"""Channels: the dataclasses that name a stream of notifications and type its payload.
+
+A channel is known by its dotted path (``myapp.channels.PostReads``). That name is
+stored with every notification, so the bridge and the workers find the channel again
+by importing it; the Postgres channel the bridge LISTENs on is derived from it.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import typing
+from typing import Any, ClassVar
+
+from django.db import models
+
+#: Postgres truncates identifiers, channel names included, to 63 bytes.
+MAX_PG_CHANNEL_BYTES = 63
+
+
+class UnknownChannel(LookupError):
+    """A dotted path that does not lead to a channel dataclass."""
+
+
+class BaseChannel:
+    """Common base of :class:`Channel` and :class:`TriggerChannel`."""
+
+
+class Channel(BaseChannel):
+    """Base of application channels: the dataclass fields are the payload.
+
+    Subclass it with ``@dataclass`` and call :func:`pgcelery.notify` with the fields.
+    """
+
+
+class TriggerChannel(BaseChannel):
+    """Base of trigger channels: the payload is the ``old`` and ``new`` row of ``model``."""
+
+    model: ClassVar[type[models.Model]]
+    #: Accepted for django-pgpubsub compatibility; every notification is delivered once anyway.
+    lock_notifications: ClassVar[bool] = False
+
+
+ChannelRef = type[BaseChannel] | str
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One payload field of a :class:`Channel`."""
+
+    name: str
+    type: Any
+    default: Any = dataclasses.MISSING
+    factory: Any = dataclasses.MISSING
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING and self.factory is dataclasses.MISSING
+
+    def default_value(self) -> Any:
+        return self.default if self.factory is dataclasses.MISSING else self.factory()
+
+
+def channel_name(channel: type[BaseChannel]) -> str:
+    """The dotted path that names ``channel`` in the outbox and in task messages."""
+    return f"{channel.__module__}.{channel.__qualname__}"
+
+
+def pg_channel(name: str) -> str:
+    """The Postgres LISTEN channel of the channel named ``name``; at most 63 bytes."""
+    raw = name.encode()
+    if len(raw) <= MAX_PG_CHANNEL_BYTES:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[: MAX_PG_CHANNEL_BYTES - len(digest) - 1].decode(errors="ignore") + "_" + digest
+
+
+def resolve(channel: ChannelRef) -> type[BaseChannel]:
+    """The channel class for a class or its dotted path.
+
+    Raises:
+        UnknownChannel: if the path cannot be imported or is not a channel dataclass.
+        TypeError: if ``channel`` is neither a string nor a channel class.
+    """
+    if isinstance(channel, str):
+        return _import(channel)
+    if isinstance(channel, type) and issubclass(channel, BaseChannel):
+        _check_dataclass(channel, channel_name(channel))
+        return channel
+    raise TypeError(
+        f"Expected a Channel or TriggerChannel subclass or its dotted path, got {channel!r}."
+    )
+
+
+@functools.cache
+def _import(path: str) -> type[BaseChannel]:
+    module_path, _, attr = path.rpartition(".")
+    hint = "Pass the dotted path of a channel dataclass, e.g. 'myapp.channels.PostReads'."
+    if not module_path:
+        raise UnknownChannel(f"Unknown channel {path!r}: not a dotted path. {hint}")
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise UnknownChannel(
+            f"Unknown channel {path!r}: cannot import module {module_path!r} ({exc}). {hint}"
+        ) from exc
+    found = getattr(module, attr, None)
+    if not (isinstance(found, type) and issubclass(found, BaseChannel)):
+        raise UnknownChannel(
+            f"Unknown channel {path!r}: module {module_path!r} has no Channel or "
+            f"TriggerChannel named {attr!r}. {hint}"
+        )
+    _check_dataclass(found, path)
+    return found
+
+
+def _check_dataclass(channel: type, name: str) -> None:
+    if not dataclasses.is_dataclass(channel):
+        raise TypeError(f"Channel {name!r} must be decorated with @dataclass.")
+    if issubclass(channel, TriggerChannel) and not _is_model(getattr(channel, "model", None)):
+        raise TypeError(
+            f"TriggerChannel {name!r} must set `model` to the Django model it watches."
+        )
+
+
+def _is_model(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, models.Model)
+
+
+@functools.cache
+def fields(channel: type[Channel]) -> tuple[Field, ...]:
+    """The payload fields of ``channel`` with their resolved type hints."""
+    hints = typing.get_type_hints(channel)
+    return tuple(
+        Field(field.name, hints[field.name], field.default, field.default_factory)
+        for field in dataclasses.fields(channel)
+    )

@@ -1,0 +1,64 @@
+"""The task message: what the bridge sends for one notification and one listener.
+
+The message carries the stored JSON untouched, in one keyword argument; the worker
+decodes it into the declared types just before the listener runs. The bridge thus
+never parses payloads, and Decimal or large rows cross the broker exactly as stored.
+"""
+
+from __future__ import annotations
+
+import typing
+import uuid
+from typing import Any
+
+from pgcelery import channels, payloads
+
+#: The keyword argument that carries the notification to the listener's task.
+ENVELOPE = "_pgcelery"
+
+
+class Row(typing.NamedTuple):
+    """An outbox row as the bridge claims it."""
+
+    id: int
+    uuid: uuid.UUID
+    channel: str
+    trigger: str
+    payload: str
+    context: str | None
+
+
+def task_id(notification: uuid.UUID, task_name: str, trigger: str) -> str:
+    """The Celery task id of one listener's run of one notification: a redelivery repeats it."""
+    return str(uuid.uuid5(notification, f"{task_name}|{trigger}"))
+
+
+def envelope(row: Row, database: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "channel": row.channel,
+        "trigger": row.trigger,
+        "payload": row.payload,
+        "context": row.context,
+        "database": database,
+    }
+
+
+def arguments(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The listener's keyword arguments, decoded to their declared types.
+
+    Trigger channels give ``old`` and ``new`` model instances; the notification context
+    is under ``context``. The caller keeps those the listener accepts.
+    """
+    channel = channels.resolve(envelope["channel"])
+    payload = payloads.load(envelope["payload"])
+    if issubclass(channel, channels.TriggerChannel):
+        kwargs = {
+            "old": payloads.build_instance(channel.model, payload.get("old")),
+            "new": payloads.build_instance(channel.model, payload.get("new")),
+        }
+    else:
+        kwargs = payloads.decode_fields(channel, payload)
+    context = envelope.get("context")
+    kwargs["context"] = payloads.load(context) if context else {}
+    return kwargs

@@ -1,0 +1,49 @@
+"""The outbox: one row per notification, written in the writer's transaction."""
+
+from django.db import models
+
+
+class Notification(models.Model):
+    """A notification recorded by a trigger or :func:`pgcelery.notify`, not yet published.
+
+    The bridge deletes the row once the broker accepted its tasks; a row it cannot
+    dispatch stays, marked failed with the reason.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(help_text="Seeds the Celery task ids of this notification.")
+    channel = models.TextField(help_text="Dotted path of the channel.")
+    trigger = models.TextField(
+        blank=True, help_text="Name of the trigger that recorded it; empty for notify()."
+    )
+    payload = models.JSONField()
+    context = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    failed_at = models.DateTimeField(null=True, blank=True)
+    failure = models.TextField(null=True, blank=True)
+
+    class Meta:
+        db_table = "pgcelery_notification"
+        indexes = [
+            models.Index(
+                fields=["id"],
+                condition=models.Q(failed_at__isnull=True),
+                name="pgcelery_pending_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} #{self.pk}"
+
+
+class TaskRecord(models.Model):
+    """The id of a task an ``atomic=True`` listener committed, so a redelivery is a no-op."""
+
+    task_id = models.CharField(max_length=255, primary_key=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "pgcelery_taskrecord"
+
+    def __str__(self) -> str:
+        return self.task_id

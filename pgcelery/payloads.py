@@ -1,0 +1,272 @@
+"""Typed payloads: channel fields to JSON and back, trigger rows to model instances.
+
+Notifications are stored as JSON in Postgres. A ``Channel`` payload is encoded by the
+declared type of each field, so it is decoded back to exactly that type on the worker;
+a trigger row is the ``to_jsonb`` of the row, rebuilt into an unsaved model instance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import math
+import types
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.db import models
+
+from pgcelery import channels
+
+_NoneType = type(None)
+_UNION_TYPES = (typing.Union, types.UnionType)
+
+
+def _check_str(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("strings cannot hold NUL (\\x00) characters; PostgreSQL rejects them")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"string is not valid Unicode ({exc.reason})") from None
+    return value
+
+
+def _check_finite(value: Any) -> Any:
+    if not (math.isfinite(value) if isinstance(value, float) else value.is_finite()):
+        raise ValueError(f"{value!r} is not finite; JSON cannot hold it")
+    return value
+
+
+def _fromisoformat(cls: Any) -> Callable[[Any], Any]:
+    return lambda value: value if isinstance(value, cls) else cls.fromisoformat(value)
+
+
+class _Scalar(typing.NamedTuple):
+    accepts: Callable[[Any], bool]
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+
+
+def _is(*classes: type, not_: tuple[type, ...] = ()) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, classes) and not isinstance(value, not_)
+
+
+_SCALARS: dict[Any, _Scalar] = {
+    bool: _Scalar(_is(bool), bool, bool),
+    int: _Scalar(_is(int, not_=(bool,)), int, int),
+    # An int is accepted where a float is declared; the listener receives a float.
+    float: _Scalar(_is(int, float, not_=(bool,)), lambda v: _check_finite(float(v)), float),
+    str: _Scalar(_is(str), _check_str, str),
+    decimal.Decimal: _Scalar(
+        _is(decimal.Decimal), lambda v: str(_check_finite(v)), decimal.Decimal
+    ),
+    datetime.datetime: _Scalar(_is(datetime.datetime), datetime.datetime.isoformat,
+                               _fromisoformat(datetime.datetime)),
+    datetime.date: _Scalar(_is(datetime.date, not_=(datetime.datetime,)), datetime.date.isoformat,
+                           _fromisoformat(datetime.date)),
+    datetime.time: _Scalar(_is(datetime.time), datetime.time.isoformat,
+                           _fromisoformat(datetime.time)),
+    uuid.UUID: _Scalar(_is(uuid.UUID), str, uuid.UUID),
+    _NoneType: _Scalar(lambda value: value is None, lambda v: None, lambda v: None),
+}
+_JSON_NATIVE = (str, int, float, bool, _NoneType)
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _optional_member(tp: Any) -> Any:
+    members = [arg for arg in typing.get_args(tp) if arg is not _NoneType]
+    if len(members) != 1:
+        raise TypeError(
+            f"unsupported type {_type_name(tp)}: only Optional[X] unions can be encoded"
+        )
+    return members[0]
+
+
+def _item_types(container: type, args: tuple, length: int) -> list[Any]:
+    if not args:
+        return [Any] * length
+    if container is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(args) != length:
+            raise TypeError(f"expected a tuple of {len(args)} items, got {length}")
+        return list(args)
+    return [args[0]] * length
+
+
+def _wrong_type(value: Any, tp: Any) -> TypeError:
+    return TypeError(f"expected {_type_name(tp)}, got {type(value).__name__} {value!r:.80}")
+
+
+def encode(value: Any, tp: Any) -> Any:
+    """``value`` as JSON-ready data, checked against the declared type ``tp``.
+
+    Raises:
+        TypeError: if ``value`` is not of type ``tp`` or ``tp`` cannot be encoded.
+        ValueError: if ``value`` has the right type but JSON or PostgreSQL cannot hold it.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return _encode_any(value)
+    if origin in _UNION_TYPES:
+        return None if value is None and _NoneType in args else encode(value, _optional_member(tp))
+    container = origin or tp
+    if container in _SEQUENCES:
+        if not isinstance(value, container):
+            raise _wrong_type(value, tp)
+        items = sorted(value, key=repr) if container in (set, frozenset) else value
+        item_types = _item_types(container, args, len(value))
+        return [encode(item, item_tp) for item, item_tp in zip(items, item_types, strict=True)]
+    if container is dict:
+        if not isinstance(value, dict):
+            raise _wrong_type(value, tp)
+        key_tp, value_tp = args or (Any, Any)
+        return {_encode_key(k, key_tp): encode(v, value_tp) for k, v in value.items()}
+    scalar = _SCALARS.get(tp)
+    if scalar is None:
+        raise TypeError(f"unsupported type {_type_name(tp)}")
+    if not scalar.accepts(value):
+        raise _wrong_type(value, tp)
+    return scalar.encode(value)
+
+
+def _encode_any(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_encode_any(item) for item in value]
+    if isinstance(value, dict):
+        return {_encode_key(k, str): _encode_any(v) for k, v in value.items()}
+    if not isinstance(value, _JSON_NATIVE):
+        raise TypeError(f"{type(value).__name__} {value!r:.80} needs a declared type to be encoded")
+    return _check_str(value) if isinstance(value, str) else value
+
+
+def _encode_key(key: Any, tp: Any) -> str:
+    encoded = encode(key, tp)
+    if not isinstance(encoded, (str, int)) or isinstance(encoded, bool):
+        raise TypeError(f"unsupported dict key type {_type_name(tp)}")
+    return str(encoded)
+
+
+def decode(value: Any, tp: Any) -> Any:
+    """The inverse of :func:`encode`: JSON data back to the declared type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or value is None:
+        return value
+    if origin in _UNION_TYPES:
+        return decode(value, _optional_member(tp))
+    container = origin or tp
+    if container in _SEQUENCES:
+        item_types = _item_types(container, args, len(value))
+        items = [decode(item, item_tp) for item, item_tp in zip(value, item_types, strict=True)]
+        return items if container is list else container(items)
+    if container is dict:
+        key_tp, value_tp = args or (Any, Any)
+        return {_decode_key(k, key_tp): decode(v, value_tp) for k, v in value.items()}
+    return _SCALARS[tp].decode(value)
+
+
+def _decode_key(key: str, tp: Any) -> Any:
+    return int(key) if tp is int else decode(key, tp)
+
+
+# -- Channel payloads ---------------------------------------------------------------
+
+
+def encode_fields(channel: type[channels.Channel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON payload of a notification on ``channel``, every field checked.
+
+    Missing fields with a default get it; the error names the channel and the field.
+    """
+    name = channels.channel_name(channel)
+    declared = {field.name: field for field in channels.fields(channel)}
+    unexpected = sorted(set(values) - set(declared))
+    if unexpected:
+        raise TypeError(
+            f"{name} has no field {', '.join(map(repr, unexpected))}; "
+            f"its fields are: {', '.join(declared) or '(none)'}."
+        )
+    missing = [f for f, field in declared.items() if field.required and f not in values]
+    if missing:
+        raise TypeError(f"{name} is missing required field {', '.join(map(repr, missing))}.")
+    payload = {}
+    for field_name, field in declared.items():
+        value = values[field_name] if field_name in values else field.default_value()
+        try:
+            payload[field_name] = encode(value, field.type)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}.{field_name}: {exc}") from None
+    return payload
+
+
+def decode_fields(channel: type[channels.Channel], payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the declared types from a stored payload.
+
+    Fields declared since the notification was written get their default; fields no
+    longer declared are dropped.
+    """
+    kwargs = {}
+    for field in channels.fields(channel):
+        if field.name in payload:
+            kwargs[field.name] = decode(payload[field.name], field.type)
+        elif not field.required:
+            kwargs[field.name] = field.default_value()
+    return kwargs
+
+
+# -- Trigger rows ----------------------------------------------------------------------
+
+
+def load(text: str) -> Any:
+    """Parses stored JSON, keeping every number exact (``numeric`` columns stay Decimal)."""
+    return json.loads(text, parse_float=decimal.Decimal)
+
+
+def dump(value: Any) -> str:
+    """Serialises a payload for storage."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def build_instance(model: type[models.Model], row: Mapping[str, Any] | None) -> models.Model | None:
+    """An unsaved ``model`` instance from the ``to_jsonb`` of its row (``None`` stays ``None``).
+
+    Columns are matched by their database name, so ``db_column`` and custom primary keys
+    work; columns added since the row was recorded keep their field default, columns
+    dropped since are ignored.
+    """
+    if row is None:
+        return None
+    values = {
+        field.attname: _column_value(field, row[field.column])
+        for field in model._meta.concrete_fields
+        if field.column in row
+    }
+    return model(**values)
+
+
+def _column_value(field: models.Field, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(field, models.JSONField):
+        return _floats(value)
+    if isinstance(field, models.BinaryField):
+        return bytes.fromhex(value[2:])  # bytea arrives as its '\x…' hex text
+    if isinstance(field, models.FloatField):
+        return float(value)
+    return field.to_python(value)
+
+
+def _floats(value: Any) -> Any:
+    """JSON column contents as json.loads would give them (floats, not Decimals)."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _floats(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,80 @@
+"""Every SQL statement pgcelery runs, in one place.
+
+Stored functions carry a version suffix: a changed function gets a new name in a new
+migration, so the old and the new release of an app can run side by side in a deploy.
+"""
+
+OUTBOX = "pgcelery_notification"
+TASK_RECORDS = "pgcelery_taskrecord"
+
+#: Records one notification and wakes the bridges LISTENing on its channel. The wake-up
+#: payload is constant, so Postgres folds the wake-ups of one transaction into one.
+NOTIFY_FUNCTION = "pgcelery_notify_v1"
+CREATE_NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {NOTIFY_FUNCTION}(
+    p_channel text, p_pg_channel text, p_trigger text, p_payload jsonb
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, context, created_at)
+    VALUES (
+        gen_random_uuid(), p_channel, p_trigger, p_payload,
+        NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
+    );
+    PERFORM pg_notify(p_pg_channel, '');
+END;
+$$;
+"""
+DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, text, jsonb);"
+
+NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
+
+#: Transaction-local: the context ends with the transaction that set it.
+SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
+
+_CLAIM = f"""
+SELECT id, uuid, channel, trigger, payload::text, context::text
+FROM {OUTBOX}
+WHERE failed_at IS NULL{{where}}
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+CLAIM = _CLAIM.format(where="")
+CLAIM_CHANNELS = _CLAIM.format(where=" AND channel = ANY(%(channels)s)")
+
+DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s)"
+
+FAIL = f"""
+UPDATE {OUTBOX} SET failed_at = now(), failure = data.reason
+FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS reason) AS data
+WHERE {OUTBOX}.id = data.id
+"""
+
+STATUS = f"""
+SELECT channel,
+       count(*) FILTER (WHERE failed_at IS NULL) AS pending,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL)) AS oldest,
+       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed
+FROM {OUTBOX}
+GROUP BY channel
+ORDER BY channel
+"""
+
+FAILURES = f"""
+SELECT channel, id, failure FROM (
+    SELECT channel, id, failure,
+           row_number() OVER (PARTITION BY channel ORDER BY id) AS n
+    FROM {OUTBOX} WHERE failed_at IS NOT NULL
+) AS failed
+WHERE n <= %s
+ORDER BY channel, id
+"""
+
+#: Claims a task id for an ``atomic=True`` run; a concurrent claim of the same id waits
+#: for the first transaction and inserts nothing if it committed.
+RECORD_TASK = f"""
+INSERT INTO {TASK_RECORDS} (task_id, created_at) VALUES (%s, now())
+ON CONFLICT (task_id) DO NOTHING
+"""
+
+PRUNE_TASK_RECORDS = f"DELETE FROM {TASK_RECORDS} WHERE created_at < now() - %s"

@@ -1,0 +1,81 @@
+"""Row triggers that record a notification for every insert, update or delete.
+
+Each (channel, when, operation, condition) gets one pgtrigger trigger on the channel's
+model, so it lands in the migrations of the app that owns the model. The trigger
+writes the old and new rows to the outbox through the versioned notify function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pgtrigger
+from django.db import models
+
+from pgcelery import channels, sql
+
+_OPERATION_CODES = {"INSERT": "i", "UPDATE": "u", "DELETE": "d", "TRUNCATE": "t"}
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _row_json(model: type[models.Model], ref: str) -> str:
+    """SQL for the jsonb of row ``ref`` (OLD or NEW), with its multi-table ancestors' columns."""
+    own_pk = f"{ref}.{_quote(model._meta.pk.column)}"
+    parts = [
+        f"COALESCE((SELECT to_jsonb(a) FROM {_quote(parent._meta.db_table)} AS a "
+        f"WHERE a.{_quote(parent._meta.pk.column)} = {own_pk}), '{{}}'::jsonb)"
+        for parent in reversed(model._meta.get_parent_list())
+    ]
+    return " || ".join([*parts, f"to_jsonb({ref})"])
+
+
+def _func(channel: str, trigger: str, model: type[models.Model]) -> str:
+    payload = (
+        f"jsonb_build_object('old', {_row_json(model, 'OLD')}, 'new', {_row_json(model, 'NEW')})"
+    )
+    # Returning the row unchanged: a BEFORE trigger never alters or cancels the write.
+    return (
+        f"PERFORM {sql.NOTIFY_FUNCTION}({_literal(channel)}, "
+        f"{_literal(channels.pg_channel(channel))}, {_literal(trigger)}, {payload});\n"
+        "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;\n"
+        "RETURN NEW;"
+    )
+
+
+def _name(channel: str, when: pgtrigger.When, operation: pgtrigger.Operation,
+          condition_sql: str) -> str:
+    ops = "".join(code for op, code in _OPERATION_CODES.items() if op in str(operation))
+    digest = hashlib.sha1(f"{channel}|{when}|{operation}|{condition_sql}".encode()).hexdigest()
+    return f"pgcelery_{str(when).lower()}_{ops}_{digest[:10]}"
+
+
+def register(
+    channel: type[channels.TriggerChannel],
+    *,
+    when: pgtrigger.When,
+    operation: pgtrigger.Operation,
+    condition: pgtrigger.Condition | None = None,
+) -> str:
+    """Registers (once) the trigger for this channel, timing and operation; returns its name."""
+    model = channel.model
+    name = channels.channel_name(channel)
+    probe = pgtrigger.Trigger(name="probe", when=when, operation=operation, condition=condition)
+    trigger_name = _name(name, when, operation, probe.render_condition(model))
+    try:
+        pgtrigger.registered(f"{model._meta.label}:{trigger_name}")
+    except KeyError:
+        pgtrigger.Trigger(
+            name=trigger_name,
+            when=when,
+            operation=operation,
+            condition=condition,
+            func=_func(name, trigger_name, model),
+        ).register(model)
+    return trigger_name
