@@ -84,15 +84,14 @@ class Bridge:
                 try:
                     self._serve(backoff)
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    self._close_pg()
+                    self._close_database()
                     self._report_outage("database", exc)
                     self._sleep(backoff.next_delay())
                 except BrokerUnavailable as exc:
                     self._report_outage("broker", exc)
                     self._sleep(backoff.next_delay())
         finally:
-            self._close_pg()
-            self.publisher.close()
+            self.close()
             self._restore_signal_handlers(previous)
         logger.info("Bridge stopped.")
 
@@ -139,7 +138,8 @@ class Bridge:
 
     # -- database ----------------------------------------------------------------------
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Opens the database connection and LISTENs on the served channels."""
         params = connections[self.database].get_connection_params()
         for key in _DRIVER_ONLY_PARAMS:
             params.pop(key, None)
@@ -153,14 +153,19 @@ class Bridge:
         # so no notification committed after that read can go unnoticed.
         self.pg.commit()
 
-    def _close_pg(self) -> None:
+    def close(self) -> None:
+        """Closes the database and broker connections."""
+        self._close_database()
+        self.publisher.close()
+
+    def _close_database(self) -> None:
         if self.pg is not None and not self.pg.closed:
             self.pg.close()
         self.pg = None
 
     def _serve(self, backoff: Backoff) -> None:
         if self.pg is None:
-            self._connect()
+            self.connect()
         while not self.stopping:
             self.drain()
             self._recovered(backoff)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.db import models
+from django.utils import timezone
 
 from pgcelery import channels
 
@@ -258,7 +259,11 @@ def _column_value(field: models.Field, value: Any) -> Any:
         return bytes.fromhex(value[2:])  # bytea arrives as its '\x…' hex text
     if isinstance(field, models.FloatField):
         return float(value)
-    return field.to_python(value)
+    value = field.to_python(value)
+    if isinstance(field, models.DateTimeField) and timezone.is_aware(value):
+        # As Django reads it from the database, whatever the writer's session time zone.
+        return value.astimezone(datetime.timezone.utc)
+    return value
 
 
 def _floats(value: Any) -> Any:

@@ -1,0 +1,34 @@
+import pytest
+
+from tests import support
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup, django_db_blocker, log_dir):
+    """A real ``celery -A proj worker`` on the test database, for the tests of one module."""
+    with django_db_blocker.unblock():
+        support.purge_queues()
+        process = support.start_worker(log_dir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def bridge(django_db_setup, django_db_blocker, log_dir):
+    """A real ``manage.py pgcelery_bridge`` on the test database, for the tests of one module."""
+    with django_db_blocker.unblock():
+        process = support.start_bridge(log_dir)
+    yield process
+    assert process.stop() == 0, process.log()[-3000:]
+
+
+@pytest.fixture
+def running(bridge, worker, transactional_db):
+    """Bridge and worker running; each test leaves nothing in flight behind it."""
+    yield
+    support.settle()

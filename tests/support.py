@@ -1,0 +1,157 @@
+"""Helpers for tests that run the real bridge and worker as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+from celery import current_app
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example_project"
+#: Every queue a test listener is routed to.
+QUEUES = ("celery", "stats", "tests.routed")
+
+
+def database_url(settings: dict) -> str:
+    """A DATABASE_URL for the database Django is connected to (the test database)."""
+    auth = quote(settings["USER"] or "")
+    if settings["PASSWORD"]:
+        auth += ":" + quote(settings["PASSWORD"])
+    name = quote(settings["NAME"])
+    host = settings["HOST"] or "127.0.0.1"
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{name}?host={quote(host)}"
+    port = f":{settings['PORT']}" if settings["PORT"] else ""
+    return f"postgresql://{auth}@{host}{port}/{name}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(EXAMPLE)]),
+        DATABASE_URL=database_url(connection.settings_dict),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        time.sleep(0.1)
+
+
+class Process:
+    """A command run in the background with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv, cwd=EXAMPLE, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            return text in self.log()
+
+        wait_until(seen, timeout, f"{text!r} in the {self.name} log")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signals the process, waits for it (killing its group after ``timeout``)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> Process:
+    bridge = Process(
+        "bridge",
+        [sys.executable, "manage.py", "pgcelery_bridge", *args],
+        log_dir,
+        env or subprocess_env(),
+    )
+    bridge.wait_for_log("Bridge started")
+    return bridge
+
+
+def start_worker(log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    worker = Process(
+        "worker",
+        [sys.executable, "-m", "celery", "-A", "proj", "worker", "--pool", "prefork",
+         "--concurrency", "2", "--queues", ",".join(QUEUES), "--loglevel", "INFO",
+         "--hostname", f"pgcelery-tests-{os.getpid()}@%h", "--without-gossip",
+         "--without-mingle"],
+        log_dir,
+        env or subprocess_env(),
+    )
+    worker.wait_for_log("ready.")
+    return worker
+
+
+def queue_length(name: str) -> int:
+    with current_app.connection_for_write() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=name, passive=True).message_count
+        except conn.channel_errors:
+            return 0
+
+
+def purge_queues() -> None:
+    with current_app.connection_for_write() as conn:
+        for name in QUEUES:
+            try:
+                conn.default_channel.queue_purge(name)
+            except conn.channel_errors:
+                pass
+
+
+def outbox_pending() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pgcelery_notification WHERE failed_at IS NULL")
+        return cursor.fetchone()[0]
+
+
+def workers_idle() -> bool:
+    inspect = current_app.control.inspect(timeout=0.5)
+    busy = [
+        *(inspect.active() or {}).values(),
+        *(inspect.reserved() or {}).values(),
+        *(inspect.scheduled() or {}).values(),
+    ]
+    return not any(busy)
+
+
+def settle(timeout: float = 120.0) -> None:
+    """Waits until every notification was published and every task ran."""
+    wait_until(
+        lambda: outbox_pending() == 0 and all(queue_length(q) == 0 for q in QUEUES)
+        and workers_idle(),
+        timeout,
+        "the outbox, the queues and the workers to be idle",
+    )

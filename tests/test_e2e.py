@@ -1,0 +1,205 @@
+"""The real bridge and a real worker, started as subprocesses, on the real database and broker."""
+
+import datetime
+import decimal
+import uuid
+
+import pytest
+from django.db import transaction
+
+import pgcelery
+from blog.models import Author, Post, PostReadCount
+from tests import support
+from tests.testapp.channels import Everything
+from tests.testapp.listeners import described, summary
+from tests.testapp.models import Event, Legacy, Restaurant, Sample, Sku, Writer
+
+pytestmark = pytest.mark.usefixtures("running")
+
+
+def events(listener):
+    return list(Event.objects.filter(listener=listener).order_by("id"))
+
+
+def unsaved(instance):
+    """How a listener describes ``instance`` rebuilt from its row: equal fields, not saved."""
+    return {**described(instance), "adding": True}
+
+
+def wait_for_events(listener, count):
+    support.wait_until(lambda: Event.objects.filter(listener=listener).count() >= count,
+                       what=f"{count} {listener} events")
+    support.settle()
+    return events(listener)
+
+
+def test_seed_example_creates_one_post_per_author():
+    authors = [Author.objects.create(name=f"author {i}") for i in range(5)]
+    support.wait_until(lambda: Post.objects.count() >= 5, what="5 posts")
+    support.settle()
+    assert sorted(Post.objects.values_list("author_id", flat=True)) == [a.pk for a in authors]
+    assert set(Post.objects.values_list("content", flat=True)) == {
+        "Welcome! This is your first post"
+    }
+
+
+def test_post_fetch_notifies_post_reads_listener():
+    author = Author.objects.create(name="reader")
+    support.wait_until(lambda: Post.objects.filter(author=author).exists(), what="a post")
+    post = Post.objects.get(author=author)
+    for _ in range(3):
+        assert Post.fetch(post.pk) == post
+    support.wait_until(
+        lambda: PostReadCount.objects.filter(post=post, count=3).exists(), what="3 reads"
+    )
+    support.settle()
+    assert list(PostReadCount.objects.values_list("post_id", "date", "count")) == [
+        (post.pk, datetime.date.today(), 3)
+    ]
+
+
+def test_bulk_create_of_1000_gives_exactly_1000():
+    Author.objects.bulk_create(Author(name=f"bulk {i}") for i in range(1000))
+    support.wait_until(lambda: Post.objects.count() >= 1000, timeout=180, what="1000 posts")
+    support.settle()
+    assert Post.objects.count() == 1000
+    assert Post.objects.values("author_id").distinct().count() == 1000
+
+
+def test_rolled_back_notifications_are_never_dispatched():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Writer.objects.create(name="rolled back")
+        pgcelery.notify("tests.testapp.channels.Message", text="rolled back")
+        raise RuntimeError("rollback")
+    # Committed after the rolled-back ones: once it ran, they would have too.
+    pgcelery.notify("tests.testapp.channels.Message", text="committed")
+    [event] = wait_for_events("message_received", 1)
+    assert event.data == {"text": "committed"}
+    assert events("writer_inserted") == []
+
+
+def test_every_payload_type_round_trips():
+    values = dict(
+        an_int=-(2**62),
+        a_float=0.1,
+        a_str="héllo ☃",
+        a_bool=True,
+        a_none=None,
+        a_date=datetime.date(2026, 2, 28),
+        a_datetime=datetime.datetime(2026, 2, 28, 13, 14, 15, 161718,
+                                     tzinfo=datetime.timezone(datetime.timedelta(hours=5))),
+        a_naive_datetime=datetime.datetime(2026, 2, 28, 13, 14, 15),
+        a_decimal=decimal.Decimal("12345678901234567890.12345678901234567890"),
+        a_uuid=uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        maybe=None,
+        maybe_not=datetime.date(2000, 1, 1),
+        dates=[datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)],
+        pair=(1, "one"),
+        numbers=(1.5, 2),
+        tags={"b", "a"},
+        prices={"x": decimal.Decimal("1.10")},
+        by_id={3: uuid.UUID(int=3)},
+        nested=[{"at": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc), "no": None}],
+    )
+    pgcelery.notify(Everything, **values)
+    [event] = wait_for_events("everything_received", 1)
+    expected = {**values, "numbers": (1.5, 2.0), "with_default": 7, "with_factory": [1, 2]}
+    assert event.data == {name: summary(value) for name, value in expected.items()}
+
+
+def test_model_shapes_round_trip_as_unsaved_instances():
+    writer = Writer.objects.create(name="w")
+    sku = Sku.objects.create(code="SKU-1", price=decimal.Decimal("1234567890.12345678901234567890"))
+    legacy = Legacy.objects.create(title="a 'quoted' title", writer=writer)
+    restaurant = Restaurant.objects.create(name="Luigi's", serves_pizza=True)
+    sample = Sample.objects.create(
+        when=datetime.datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc),
+        day=datetime.date(2026, 5, 6), ratio=1.25, flag=False, doc={"a": [1, 2.5, None]},
+        blob=b"\x00\x01binary\xff", span=datetime.timedelta(days=1, seconds=3), note=None,
+    )
+    expectations = {
+        "sku_saving": sku,
+        "legacy_saved": legacy,
+        "restaurant_inserted": restaurant,
+        "sample_inserted": sample,
+    }
+    for listener, instance in expectations.items():
+        [event] = wait_for_events(listener, 1)
+        assert event.data == {"old": None, "new": unsaved(instance)}, listener
+
+
+def test_update_with_condition_fires_only_when_the_column_changes():
+    writer = Writer.objects.create(name="before", email="a@example.com")
+    wait_for_events("writer_inserted", 1)
+    Writer.objects.filter(pk=writer.pk).update(email="b@example.com")
+    Writer.objects.filter(pk=writer.pk).update(name="after")
+    Writer.objects.filter(pk=writer.pk).update(name="after")
+    [event] = wait_for_events("writer_renamed", 1)
+    assert event.data["old"]["fields"]["name"] == repr("before")
+    assert event.data["new"]["fields"]["name"] == repr("after")
+    assert event.data["new"]["fields"]["email"] == repr("b@example.com")
+
+
+def test_delete_listeners_get_old_and_no_new_and_never_cancel_the_delete():
+    writer = Writer.objects.create(name="doomed")
+    wait_for_events("writer_inserted", 1)
+    expected_old = unsaved(writer)
+    writer.delete()
+    assert not Writer.objects.exists()
+    for listener in ("writer_deleting", "writer_deleted"):
+        [event] = wait_for_events(listener, 1)
+        assert event.data == {"old": expected_old, "new": None}
+
+
+def test_hostile_strings_arrive_intact():
+    texts = ["it's \"quoted\"", "back\\slash \\x00 \\\\", "ünïcødé ☃ 𝄞 \u200b",
+             "'); DROP TABLE pgcelery_notification; --", "$$ $tag$ ; NOTIFY x, 'y'"]
+    for text in texts:
+        pgcelery.notify("tests.testapp.channels.Message", text=text)
+    received = wait_for_events("message_received", len(texts))
+    assert sorted(event.data["text"] for event in received) == sorted(texts)
+
+
+def test_large_payload_goes_through():
+    text = "x" * (1024 * 1024)
+    pgcelery.notify("tests.testapp.channels.Message", text=text)
+    [event] = wait_for_events("message_received", 1)
+    assert event.data["text"] == text
+
+
+def test_context_reaches_listeners_that_declare_it():
+    with transaction.atomic():
+        pgcelery.set_notification_context({"request_id": "r-1", "user": 42})
+        pgcelery.notify("tests.testapp.channels.WithContext", n=1)
+    pgcelery.notify("tests.testapp.channels.WithContext", n=2)
+    with_context = wait_for_events("with_context", 2)
+    assert [(e.data["n"], e.data["context"]) for e in with_context] == [
+        (1, {"request_id": "r-1", "user": 42}),
+        (2, {}),
+    ]
+    assert sorted(e.data["n"] for e in wait_for_events("without_context", 2)) == [1, 2]
+
+
+def test_dispatch_options_reach_celery():
+    pgcelery.notify("tests.testapp.channels.Routed", n=5)
+    [event] = wait_for_events("routed", 1)
+    assert event.data == {"n": 5, "queue": "tests.routed"}
+
+
+def test_task_ids_are_derived_from_notification_and_listener():
+    pgcelery.notify("tests.testapp.channels.WithContext", n=1)
+    [first] = wait_for_events("with_context", 1)
+    [second] = wait_for_events("without_context", 1)
+    assert first.task_id != second.task_id
+    assert uuid.UUID(first.task_id).version == 5
+
+
+def test_listener_tasks_remain_ordinary_celery_tasks():
+    from tests.testapp.listeners import message_received, routed
+
+    message_received.delay(text="via delay")
+    routed.apply_async(kwargs={"n": 9}, queue="tests.routed")
+    wait_for_events("message_received", 1)
+    [event] = wait_for_events("routed", 1)
+    assert events("message_received")[0].data == {"text": "via delay"}
+    assert event.data == {"n": 9, "queue": "tests.routed"}

@@ -1,0 +1,74 @@
+import datetime
+import decimal
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pgcelery import Channel, TriggerChannel
+from tests.testapp.models import Legacy, Restaurant, Sample, Sku, Writer
+
+
+@dataclass
+class WriterChannel(TriggerChannel):
+    model = Writer
+    lock_notifications = True
+
+
+@dataclass
+class SkuChannel(TriggerChannel):
+    model = Sku
+
+
+@dataclass
+class LegacyChannel(TriggerChannel):
+    model = Legacy
+
+
+@dataclass
+class RestaurantChannel(TriggerChannel):
+    model = Restaurant
+
+
+@dataclass
+class SampleChannel(TriggerChannel):
+    model = Sample
+
+
+@dataclass
+class Message(Channel):
+    text: str
+
+
+@dataclass
+class Everything(Channel):
+    an_int: int
+    a_float: float
+    a_str: str
+    a_bool: bool
+    a_none: None
+    a_date: datetime.date
+    a_datetime: datetime.datetime
+    a_naive_datetime: datetime.datetime
+    a_decimal: decimal.Decimal
+    a_uuid: uuid.UUID
+    maybe: Optional[int]
+    maybe_not: Optional[datetime.date]
+    dates: list[datetime.date]
+    pair: tuple[int, str]
+    numbers: tuple[float, ...]
+    tags: set[str]
+    prices: dict[str, decimal.Decimal]
+    by_id: dict[int, uuid.UUID]
+    nested: list[dict[str, Optional[datetime.datetime]]]
+    with_default: int = 7
+    with_factory: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class Routed(Channel):
+    n: int
+
+
+@dataclass
+class WithContext(Channel):
+    n: int

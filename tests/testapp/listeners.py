@@ -1,0 +1,114 @@
+"""Listeners that record what they received as Event rows."""
+
+from typing import Any
+
+import pgtrigger
+from celery import current_task, shared_task
+
+import pgcelery
+from tests.testapp.channels import (
+    Everything,
+    LegacyChannel,
+    Message,
+    RestaurantChannel,
+    Routed,
+    SampleChannel,
+    SkuChannel,
+    WithContext,
+    WriterChannel,
+)
+from tests.testapp.models import Event
+
+
+def record(listener: str, **data: Any) -> None:
+    Event.objects.create(listener=listener, data=data, task_id=current_task.request.id)
+
+
+def summary(value) -> dict:
+    """Type and repr of a value, sets in sorted order so the repr does not depend on hashing."""
+    shown = sorted(value) if isinstance(value, set) else value
+    return {"repr": repr(shown), "type": type(value).__name__}
+
+
+def described(instance) -> dict | None:
+    """The instance as the test compares it: type, saved state and repr of every field."""
+    if instance is None:
+        return None
+    return {
+        "type": type(instance).__name__,
+        "adding": instance._state.adding,
+        "fields": {f.attname: repr(getattr(instance, f.attname))
+                   for f in instance._meta.concrete_fields},
+    }
+
+
+def record_rows(listener: str, old, new) -> None:
+    record(listener, old=described(old), new=described(new))
+
+
+@pgcelery.post_insert_listener(WriterChannel)
+def writer_inserted(old, new):
+    record_rows("writer_inserted", old, new)
+
+
+@pgcelery.post_update_listener(WriterChannel, condition=pgtrigger.AnyChange("name"))
+def writer_renamed(old, new):
+    record_rows("writer_renamed", old, new)
+
+
+@pgcelery.pre_delete_listener(WriterChannel)
+def writer_deleting(old, new):
+    record_rows("writer_deleting", old, new)
+
+
+@pgcelery.post_delete_listener("tests.testapp.channels.WriterChannel")
+def writer_deleted(old, new):
+    record_rows("writer_deleted", old, new)
+
+
+@pgcelery.pre_save_listener(SkuChannel)
+def sku_saving(old, new):
+    record_rows("sku_saving", old, new)
+
+
+@pgcelery.post_save_listener(LegacyChannel)
+def legacy_saved(old, new):
+    record_rows("legacy_saved", old, new)
+
+
+@pgcelery.trigger_listener(RestaurantChannel, when=pgtrigger.After, operation=pgtrigger.Insert)
+def restaurant_inserted(old, new):
+    record_rows("restaurant_inserted", old, new)
+
+
+@pgcelery.post_insert_listener(SampleChannel)
+def sample_inserted(old, new):
+    record_rows("sample_inserted", old, new)
+
+
+@pgcelery.listener(Message)
+def message_received(text: str):
+    record("message_received", text=text)
+
+
+@pgcelery.listener(Everything)
+def everything_received(**fields):
+    record("everything_received", **{
+        name: summary(value) for name, value in fields.items() if name != "context"
+    })
+
+
+@pgcelery.listener(Routed, queue="tests.routed", priority=7, countdown=1, expires=600)
+@shared_task(bind=True)
+def routed(self, n: int):
+    record("routed", n=n, queue=self.request.delivery_info.get("routing_key"))
+
+
+@pgcelery.listener(WithContext)
+def with_context(n: int, context: dict):
+    record("with_context", n=n, context=context)
+
+
+@pgcelery.listener(WithContext)
+def without_context(n: int):
+    record("without_context", n=n)

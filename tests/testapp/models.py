@@ -1,0 +1,57 @@
+"""Models of the shapes trigger payloads must survive."""
+
+import uuid
+
+from django.db import models
+
+
+class Event(models.Model):
+    """What a listener saw, written by the listener itself on the worker."""
+
+    listener = models.CharField(max_length=100)
+    data = models.JSONField()
+    task_id = models.CharField(max_length=255, null=True)
+
+
+class Writer(models.Model):
+    name = models.CharField(max_length=100)
+    email = models.CharField(max_length=100, blank=True)
+
+
+class Sku(models.Model):
+    """Custom primary key and a numeric(40, 20) column."""
+
+    code = models.CharField(max_length=20, primary_key=True)
+    price = models.DecimalField(max_digits=40, decimal_places=20)
+
+
+class Legacy(models.Model):
+    """Columns whose names differ from their fields."""
+
+    legacy_id = models.AutoField(primary_key=True, db_column="LegacyID")
+    title = models.CharField(max_length=100, db_column="Title Text")
+    writer = models.ForeignKey(Writer, null=True, on_delete=models.SET_NULL, db_column="writer")
+
+
+class Place(models.Model):
+    name = models.CharField(max_length=100)
+
+
+class Restaurant(Place):
+    """Multi-table inheritance: the row is split over two tables."""
+
+    serves_pizza = models.BooleanField(default=False)
+
+
+class Sample(models.Model):
+    """One column of each common type."""
+
+    when = models.DateTimeField()
+    day = models.DateField()
+    ratio = models.FloatField()
+    token = models.UUIDField(default=uuid.uuid4)
+    flag = models.BooleanField()
+    doc = models.JSONField()
+    blob = models.BinaryField()
+    span = models.DurationField()
+    note = models.TextField(null=True)
