@@ -9,7 +9,7 @@ def log_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker(django_db_setup, django_db_blocker, log_dir):
+def worker_process(django_db_setup, django_db_blocker, log_dir):
     """A real ``celery -A proj worker`` on the test database, for the tests of one module."""
     with django_db_blocker.unblock():
         support.purge_queues()
@@ -19,7 +19,7 @@ def worker(django_db_setup, django_db_blocker, log_dir):
 
 
 @pytest.fixture(scope="module")
-def bridge(django_db_setup, django_db_blocker, log_dir):
+def bridge_process(django_db_setup, django_db_blocker, log_dir):
     """A real ``manage.py pgcelery_bridge`` on the test database, for the tests of one module."""
     with django_db_blocker.unblock():
         process = support.start_bridge(log_dir)
@@ -28,7 +28,7 @@ def bridge(django_db_setup, django_db_blocker, log_dir):
 
 
 @pytest.fixture
-def running(bridge, worker, transactional_db):
+def running(bridge_process, worker_process, transactional_db):
     """Bridge and worker running; each test leaves nothing in flight behind it."""
     yield
     support.settle()

@@ -4,4 +4,5 @@ from proj.settings import *  # noqa: F403
 from proj.settings import INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
-PGCELERY_SWEEP_INTERVAL = 1.0
+# Long enough that tests pass only if LISTEN wake-ups work.
+PGCELERY_SWEEP_INTERVAL = 300.0

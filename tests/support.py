@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -125,10 +126,8 @@ def queue_length(name: str) -> int:
 def purge_queues() -> None:
     with current_app.connection_for_write() as conn:
         for name in QUEUES:
-            try:
+            with contextlib.suppress(conn.channel_errors):
                 conn.default_channel.queue_purge(name)
-            except conn.channel_errors:
-                pass
 
 
 def outbox_pending() -> int:

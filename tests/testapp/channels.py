@@ -51,15 +51,15 @@ class Everything(Channel):
     a_naive_datetime: datetime.datetime
     a_decimal: decimal.Decimal
     a_uuid: uuid.UUID
-    maybe: Optional[int]
-    maybe_not: Optional[datetime.date]
+    maybe: Optional[int]  # noqa: UP045 - the typing spelling must work too
+    maybe_not: datetime.date | None
     dates: list[datetime.date]
     pair: tuple[int, str]
     numbers: tuple[float, ...]
     tags: set[str]
     prices: dict[str, decimal.Decimal]
     by_id: dict[int, uuid.UUID]
-    nested: list[dict[str, Optional[datetime.datetime]]]
+    nested: list[dict[str, datetime.datetime | None]]
     with_default: int = 7
     with_factory: list[int] = field(default_factory=lambda: [1, 2])
 
@@ -72,3 +72,10 @@ class Routed(Channel):
 @dataclass
 class WithContext(Channel):
     n: int
+
+
+@dataclass
+class Counted(Channel):
+    n: int
+    fail: bool = False
+    hold: float = 0.0

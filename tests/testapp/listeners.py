@@ -1,5 +1,6 @@
 """Listeners that record what they received as Event rows."""
 
+import time
 from typing import Any
 
 import pgtrigger
@@ -7,6 +8,7 @@ from celery import current_task, shared_task
 
 import pgcelery
 from tests.testapp.channels import (
+    Counted,
     Everything,
     LegacyChannel,
     Message,
@@ -112,3 +114,13 @@ def with_context(n: int, context: dict):
 @pgcelery.listener(WithContext)
 def without_context(n: int):
     record("without_context", n=n)
+
+
+@pgcelery.listener(Counted, atomic=True)
+def count_once(n: int, fail: bool, hold: float):
+    """Records its run; ``fail`` raises until an ``allow`` event exists; ``hold`` keeps the
+    transaction open that long."""
+    record("count_once", n=n)
+    time.sleep(hold)
+    if fail and not Event.objects.filter(listener="allow").exists():
+        raise RuntimeError("failing as asked")

@@ -1,0 +1,130 @@
+"""The bridge in-process against the real database and the real broker, with no worker."""
+
+import json
+import uuid
+
+import pytest
+from celery import Celery, current_app
+from django.db import connection
+
+import pgcelery
+from pgcelery import messages
+from pgcelery.bridge import Bridge
+from pgcelery.models import Notification
+from pgcelery.publish import BrokerUnavailable
+from pgcelery.status import channel_status
+from tests import support
+from tests.testapp.channels import Message, Routed, WithContext
+
+
+@pytest.fixture
+def bridge(transactional_db):
+    support.purge_queues()
+    bridge = Bridge(current_app._get_current_object(), batch_size=10)
+    bridge.connect()
+    yield bridge
+    bridge.close()
+    support.purge_queues()
+
+
+def take_messages(queue):
+    with current_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        taken = []
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            taken.append(message)
+        return taken
+
+
+def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
+    pgcelery.notify(WithContext, n=1)
+    notification = Notification.objects.get()
+    assert bridge.drain() == 1
+    assert not Notification.objects.exists()
+    published = {m.headers["task"]: m for m in take_messages("celery")}
+    assert sorted(published) == ["tests.testapp.listeners.with_context",
+                                 "tests.testapp.listeners.without_context"]
+    for task, message in published.items():
+        assert message.headers["id"] == messages.task_id(notification.uuid, task, "")
+        args, kwargs, _ = message.decode()
+        assert args == []
+        assert kwargs[messages.ENVELOPE]["payload"] == '{"n": 1}'
+
+
+def test_dispatch_options_are_on_the_message(bridge):
+    pgcelery.notify(Routed, n=1)
+    bridge.drain()
+    [message] = take_messages("tests.routed")
+    assert message.properties["priority"] == 7
+    assert message.headers["eta"] is not None
+    assert message.headers["expires"] is not None
+
+
+def insert_raw(channel, trigger=""):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at) "
+            "VALUES (%s, %s, %s, '{}', now()) RETURNING id",
+            [uuid.uuid4(), channel, trigger],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_rows_that_cannot_be_dispatched_are_kept_as_failed_and_never_block_the_rest(bridge):
+    unknown = insert_raw("gone.channels.Removed")
+    orphan = insert_raw("tests.testapp.channels.WriterChannel", "pgcelery_after_i_0000000000")
+    pgcelery.notify(Message, text="after the bad rows")
+    assert bridge.drain() == 3
+    [message] = take_messages("celery")
+    assert message.headers["task"] == "tests.testapp.listeners.message_received"
+    failed = dict(Notification.objects.filter(failed_at__isnull=False).values_list("id", "failure"))
+    assert sorted(failed) == [unknown, orphan]
+    assert failed[unknown].startswith("unknown channel 'gone.channels.Removed'")
+    assert failed[orphan].startswith("no listener for trigger 'pgcelery_after_i_0000000000'")
+    assert bridge.drain() == 0
+    assert [(s["channel"], s["pending"], s["failed"]) for s in channel_status("default")] == [
+        ("gone.channels.Removed", 0, 1), ("tests.testapp.channels.WriterChannel", 0, 1)
+    ]
+
+
+def test_drain_takes_as_many_batches_as_needed(bridge, caplog):
+    for n in range(25):
+        pgcelery.notify(Message, text=str(n))
+    with caplog.at_level("INFO", logger="pgcelery.bridge"):
+        assert bridge.drain() == 25
+    assert [r.getMessage() for r in caplog.records] == [
+        "Published 10 notification(s).", "Published 10 notification(s).",
+        "Published 5 notification(s).",
+    ]
+    texts = [json.loads(m.decode()[1][messages.ENVELOPE]["payload"])["text"]
+             for m in take_messages("celery")]
+    assert sorted(texts, key=int) == [str(n) for n in range(25)]
+
+
+def test_a_bridge_serves_only_the_channels_it_is_given(transactional_db):
+    support.purge_queues()
+    bridge = Bridge(current_app._get_current_object(), channels=["tests.testapp.channels.Message"])
+    bridge.connect()
+    pgcelery.notify(WithContext, n=1)
+    pgcelery.notify(Message, text="mine")
+    assert bridge.drain() == 1
+    bridge.close()
+    assert list(Notification.objects.values_list("channel", flat=True)) == [
+        "tests.testapp.channels.WithContext"
+    ]
+    assert [m.headers["task"] for m in take_messages("celery")] == [
+        "tests.testapp.listeners.message_received"
+    ]
+
+
+def test_an_unreachable_broker_leaves_every_row_in_place(transactional_db):
+    unreachable = Celery(set_as_current=False)
+    # The write URL: CELERY_BROKER_URL in the environment would override a broker argument.
+    unreachable.conf.broker_write_url = "redis://127.0.0.1:1/0"
+    bridge = Bridge(unreachable)
+    bridge.connect()
+    pgcelery.notify(Message, text="kept")
+    with pytest.raises(BrokerUnavailable):
+        bridge.drain()
+    bridge.close()
+    assert Notification.objects.filter(failed_at__isnull=True).count() == 1

@@ -1,0 +1,73 @@
+import dataclasses
+
+import pytest
+
+import pgcelery
+from pgcelery import channels
+from tests.testapp.channels import Message, WriterChannel
+from tests.testapp.models import Writer
+
+
+def test_channel_name_is_the_dotted_path():
+    assert channels.channel_name(Message) == "tests.testapp.channels.Message"
+
+
+def test_resolve_takes_the_class_or_its_dotted_path():
+    assert channels.resolve(Message) is Message
+    assert channels.resolve("tests.testapp.channels.WriterChannel") is WriterChannel
+
+
+def test_trigger_channel_keeps_pgpubsub_attributes():
+    assert WriterChannel.model is Writer
+    assert WriterChannel.lock_notifications is True
+    assert dataclasses.fields(WriterChannel) == ()
+
+
+def test_pg_channel_is_the_name_when_it_fits():
+    assert channels.pg_channel("myapp.channels.PostReads") == "myapp.channels.PostReads"
+
+
+def test_pg_channel_of_a_long_name_fits_63_bytes_and_stays_distinct():
+    long_a = "app." + "é" * 40 + ".A"
+    long_b = "app." + "é" * 40 + ".B"
+    derived = {channels.pg_channel(name) for name in (long_a, long_b)}
+    assert len(derived) == 2
+    assert all(len(name.encode()) <= 63 for name in derived)
+    assert channels.pg_channel(long_a) == channels.pg_channel(long_a)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("Message", "not a dotted path"),
+        ("nowhere.channels.Message", "cannot import module 'nowhere.channels'"),
+        ("tests.testapp.channels.Nope", "has no Channel or TriggerChannel named 'Nope'"),
+        ("tests.testapp.models.Writer", "has no Channel or TriggerChannel named 'Writer'"),
+    ],
+)
+def test_unknown_channel_paths_raise_a_clear_error(path, message):
+    with pytest.raises(pgcelery.UnknownChannel, match=message) as info:
+        channels.resolve(path)
+    assert repr(path) in str(info.value)
+
+
+def test_a_channel_must_be_a_dataclass():
+    class NotDecorated(pgcelery.Channel):
+        n: int
+
+    with pytest.raises(TypeError, match="must be decorated with @dataclass"):
+        channels.resolve(NotDecorated)
+
+
+def test_a_trigger_channel_needs_a_model():
+    @dataclasses.dataclass
+    class NoModel(pgcelery.TriggerChannel):
+        pass
+
+    with pytest.raises(TypeError, match="must set `model`"):
+        channels.resolve(NoModel)
+
+
+def test_resolve_rejects_other_objects():
+    with pytest.raises(TypeError, match="Expected a Channel or TriggerChannel"):
+        channels.resolve(Writer)

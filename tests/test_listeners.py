@@ -1,0 +1,113 @@
+import threading
+
+import pytest
+from celery import shared_task
+from django.db import connection, connections
+
+import pgcelery
+from pgcelery import listeners, messages
+from pgcelery.models import Notification, TaskRecord
+from tests.testapp.channels import Counted, Message, Routed, WriterChannel
+from tests.testapp.listeners import count_once, message_received, routed
+from tests.testapp.models import Event
+
+
+def test_a_decorated_function_becomes_a_registered_celery_task():
+    assert message_received.name == "tests.testapp.listeners.message_received"
+    assert callable(message_received.delay) and callable(message_received.apply_async)
+    [found] = listeners.listeners_for("tests.testapp.channels.Message", "")
+    assert found == listeners.Listener(message_received.name, "tests.testapp.channels.Message", "")
+
+
+def test_a_decorated_task_is_registered_as_is_with_its_dispatch_options():
+    assert routed.name == "tests.testapp.listeners.routed"
+    [found] = listeners.listeners_for("tests.testapp.channels.Routed", "")
+    assert found.task_name == routed.name
+    assert found.options == {"queue": "tests.routed", "priority": 7, "countdown": 1,
+                              "expires": 600}
+
+
+def test_task_options_apply_only_to_plain_functions():
+    @shared_task(name="tests.throwaway")
+    def throwaway(n):
+        return n
+
+    with pytest.raises(TypeError, match="apply only when a listener decorates a plain function"):
+        pgcelery.listener(Routed, max_retries=3)(throwaway)
+
+
+def test_decorators_refuse_the_wrong_kind_of_channel():
+    with pytest.raises(TypeError, match="listener\\(\\) takes a Channel"):
+        pgcelery.listener(WriterChannel)
+    with pytest.raises(TypeError, match="trigger_listener\\(\\) takes a TriggerChannel"):
+        pgcelery.post_insert_listener(Message)
+
+
+@pytest.mark.django_db
+def test_direct_calls_behave_as_before():
+    message_received(text="direct")
+    assert count_once.apply(kwargs={"n": 1, "fail": False, "hold": 0}).successful()
+    assert sorted(Event.objects.values_list("listener", "data")) == [
+        ("count_once", {"n": 1}), ("message_received", {"text": "direct"})
+    ]
+
+
+def envelope_of_last_notification():
+    row = Notification.objects.order_by("-id").values_list(
+        "id", "uuid", "channel", "trigger", "payload", "context").first()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT payload::text FROM pgcelery_notification WHERE id = %s", [row[0]])
+        payload = cursor.fetchone()[0]
+    return {messages.ENVELOPE: messages.envelope(
+        messages.Row(row[0], row[1], row[2], row[3], payload, None), "default")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_listener_task_opens_the_notification_it_is_sent():
+    pgcelery.notify(Message, text="opened")
+    result = message_received.apply(kwargs=envelope_of_last_notification(), task_id="t-open")
+    assert result.successful()
+    assert list(Event.objects.values_list("listener", "data", "task_id")) == [
+        ("message_received", {"text": "opened"}, "t-open")
+    ]
+
+
+def count_once_events():
+    return Event.objects.filter(listener="count_once").count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atomic_listener_runs_once_per_task_id_and_only_committed_runs_count():
+    pgcelery.notify(Counted, n=1, fail=True)
+    kwargs = envelope_of_last_notification()
+    assert count_once.apply(kwargs=kwargs, task_id="t-atomic").failed()
+    assert count_once_events() == 0
+    assert not TaskRecord.objects.exists()
+
+    Event.objects.create(listener="allow", data={})
+    assert count_once.apply(kwargs=kwargs, task_id="t-atomic").successful()
+    assert count_once.apply(kwargs=kwargs, task_id="t-atomic").successful()
+    assert count_once_events() == 1
+    assert list(TaskRecord.objects.values_list("task_id", flat=True)) == ["t-atomic"]
+
+    assert count_once.apply(kwargs=kwargs, task_id="t-other").successful()
+    assert count_once_events() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atomic_listener_runs_once_when_the_same_task_runs_concurrently():
+    pgcelery.notify(Counted, n=1, hold=1.0)
+    kwargs = envelope_of_last_notification()
+    results = []
+
+    def run():
+        results.append(count_once.apply(kwargs=kwargs, task_id="t-race").successful())
+        connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [True, True, True]
+    assert count_once_events() == 1

@@ -1,0 +1,83 @@
+import datetime
+import select
+
+import psycopg2
+import pytest
+from django.db import connection, transaction
+from django.db.transaction import TransactionManagementError
+
+import pgcelery
+from pgcelery.models import Notification
+from tests.testapp.channels import Message, WithContext
+
+
+def outbox():
+    return list(Notification.objects.order_by("id").values("channel", "trigger", "payload",
+                                                           "context"))
+
+
+@pytest.mark.django_db
+def test_notify_records_one_row_per_call_even_when_identical():
+    pgcelery.notify(Message, text="same")
+    pgcelery.notify("tests.testapp.channels.Message", text="same")
+    row = {"channel": "tests.testapp.channels.Message", "trigger": "", "payload": {"text": "same"},
+           "context": None}
+    assert outbox() == [row, row]
+
+
+@pytest.mark.django_db
+def test_notify_refuses_bad_fields_and_writes_nothing():
+    with pytest.raises(TypeError, match="Message.text: expected str, got int"):
+        pgcelery.notify(Message, text=1)
+    with pytest.raises(TypeError, match="missing required field 'text'"):
+        pgcelery.notify(Message)
+    with pytest.raises(ValueError, match="NUL"):
+        pgcelery.notify(Message, text="\x00")
+    with pytest.raises(pgcelery.UnknownChannel):
+        pgcelery.notify("tests.testapp.channels.Missing", text="x")
+    with pytest.raises(TypeError, match="is a TriggerChannel"):
+        pgcelery.notify("tests.testapp.channels.WriterChannel")
+    assert outbox() == []
+
+
+@pytest.mark.django_db
+def test_notify_on_an_explicit_database():
+    pgcelery.notify(Message, using="default", text="x")
+    assert len(outbox()) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_notify_wakes_listeners_once_per_transaction_with_an_empty_payload():
+    listener = psycopg2.connect(**connection.get_connection_params())
+    listener.autocommit = True
+    listener.cursor().execute('LISTEN "tests.testapp.channels.Message"')
+    with transaction.atomic():
+        for n in range(3):
+            pgcelery.notify(Message, text=str(n))
+    assert select.select([listener], [], [], 10) != ([], [], [])
+    listener.poll()
+    assert [(n.channel, n.payload) for n in listener.notifies] == [
+        ("tests.testapp.channels.Message", "")
+    ]
+    listener.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_context_belongs_to_its_transaction_only():
+    with pytest.raises(TransactionManagementError, match="inside transaction.atomic"):
+        pgcelery.set_notification_context({"user": 1})
+    with transaction.atomic():
+        pgcelery.set_notification_context({"user": 1, "at": "now"})
+        pgcelery.notify(WithContext, n=1)
+    pgcelery.notify(WithContext, n=2)
+    with transaction.atomic():
+        pgcelery.notify(WithContext, n=3)
+    assert [row["context"] for row in outbox()] == [{"user": 1, "at": "now"}, None, None]
+
+
+@pytest.mark.django_db
+def test_context_must_be_a_json_dict():
+    with pytest.raises(TypeError, match="takes a dict"):
+        pgcelery.set_notification_context(["x"])
+    with pytest.raises(TypeError, match="needs a declared type"):
+        pgcelery.set_notification_context({"day": datetime.date.today()})

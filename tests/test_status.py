@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from django.db import connection
+
+import pgcelery
+from tests import support
+from tests.testapp.channels import Message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def status(*args, **env):
+    return subprocess.run(
+        [sys.executable, "manage.py", "pgcelery_status", *args], cwd=support.EXAMPLE,
+        env=support.subprocess_env(**env), capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_status_lists_pending_rows_per_channel_and_exits_0():
+    assert json.loads(status("--json").stdout) == {"channels": []}
+    for n in range(3):
+        pgcelery.notify(Message, text=str(n))
+    result = status("--json")
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads(result.stdout)["channels"]
+    assert entry.pop("oldest_pending_seconds") >= 0
+    assert entry == {"channel": "tests.testapp.channels.Message", "pending": 3, "failed": 0,
+                     "failures": []}
+    table = status()
+    assert table.returncode == 0
+    assert "tests.testapp.channels.Message" in table.stdout
+
+
+def test_failed_rows_exit_2_with_their_reasons():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at, "
+            "failed_at, failure) VALUES (%s, 'x.channels.Y', '', '{}', now(), now(), 'why') "
+            "RETURNING id", [uuid.uuid4()],
+        )
+        failed_id = cursor.fetchone()[0]
+    result = status("--json")
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["channels"] == [{
+        "channel": "x.channels.Y", "pending": 0, "oldest_pending_seconds": None, "failed": 1,
+        "failures": [{"id": failed_id, "reason": "why"}],
+    }]
+    assert "why" in status().stdout
+
+
+def test_status_exits_1_when_it_cannot_tell():
+    url = support.database_url(connection.settings_dict)
+    missing = status(DATABASE_URL=url.replace(connection.settings_dict["NAME"], "no_such_db"))
+    assert missing.returncode == 1
+    assert "Cannot read the pgcelery outbox" in missing.stderr
+    name = f"pgcelery_unmigrated_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        unmigrated = status(DATABASE_URL=url.replace(connection.settings_dict["NAME"], name))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE "{name}"')
+    assert unmigrated.returncode == 1
+    assert "manage.py migrate pgcelery" in unmigrated.stderr

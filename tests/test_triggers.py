@@ -1,0 +1,95 @@
+import decimal
+
+import pytest
+from django.db import connection
+
+from pgcelery import listeners
+from pgcelery.models import Notification
+from tests.testapp.models import Legacy, Restaurant, Sku, Writer
+
+pytestmark = pytest.mark.django_db
+
+WRITER = "tests.testapp.channels.WriterChannel"
+
+
+def trigger_of(listener_name, channel=WRITER):
+    [trigger] = [trigger for (name, trigger), found in listeners._listeners.items()
+                 if name == channel and any(t.endswith(f".{listener_name}") for t in found)]
+    return trigger
+
+
+def rows():
+    return list(Notification.objects.order_by("id").values_list("trigger", "payload"))
+
+
+def test_each_channel_timing_and_operation_has_its_own_installed_trigger():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'testapp_writer'::regclass "
+            "AND NOT tgisinternal ORDER BY tgname"
+        )
+        installed = [name for (name,) in cursor.fetchall()]
+    names = {trigger_of(n) for n in
+             ("writer_inserted", "writer_renamed", "writer_deleting", "writer_deleted")}
+    assert len(names) == 4
+    assert len(installed) == 4
+    assert all(any(name.lower() in pgid for pgid in installed) for name in names)
+
+
+def test_insert_fires_only_the_insert_trigger():
+    writer = Writer.objects.create(name="a")
+    assert rows() == [(trigger_of("writer_inserted"),
+                       {"old": None, "new": {"id": writer.pk, "name": "a", "email": ""}})]
+
+
+def test_update_condition_fires_only_when_the_column_changes():
+    writer = Writer.objects.create(name="a")
+    Notification.objects.all().delete()
+    Writer.objects.filter(pk=writer.pk).update(email="e")
+    assert rows() == []
+    Writer.objects.filter(pk=writer.pk).update(name="b")
+    assert rows() == [(trigger_of("writer_renamed"), {
+        "old": {"id": writer.pk, "name": "a", "email": "e"},
+        "new": {"id": writer.pk, "name": "b", "email": "e"},
+    })]
+
+
+def test_delete_records_old_rows_and_before_delete_never_cancels_it():
+    writer = Writer.objects.create(name="a")
+    old = {"id": writer.pk, "name": "a", "email": ""}
+    Notification.objects.all().delete()
+    writer.delete()
+    assert not Writer.objects.exists()
+    assert sorted(rows()) == sorted([
+        (trigger_of("writer_deleting"), {"old": old, "new": None}),
+        (trigger_of("writer_deleted"), {"old": old, "new": None}),
+    ])
+
+
+def test_before_save_trigger_never_changes_the_row():
+    Sku.objects.create(code="A", price=decimal.Decimal("1.5"))
+    Sku.objects.filter(code="A").update(price=decimal.Decimal("2.5"))
+    assert Sku.objects.get().price == decimal.Decimal("2.5")
+    assert [payload["new"]["price"] for _, payload in rows()] == [1.5, 2.5]
+
+
+def test_bulk_writes_record_one_notification_per_row():
+    Writer.objects.bulk_create(Writer(name=str(n)) for n in range(5))
+    assert len(rows()) == 5
+
+
+def test_rows_carry_db_column_names_and_inherited_columns():
+    legacy = Legacy.objects.create(title="t")
+    restaurant = Restaurant.objects.create(name="r", serves_pizza=True)
+    payloads = [payload["new"] for _, payload in rows()]
+    assert payloads == [
+        {"LegacyID": legacy.pk, "Title Text": "t", "writer": None},
+        {"id": restaurant.pk, "name": "r", "place_ptr_id": restaurant.pk, "serves_pizza": True},
+    ]
+
+
+def test_numeric_precision_is_stored_exactly():
+    Sku.objects.create(code="P", price=decimal.Decimal("12345678901234567890.12345678901234567890"))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT payload->'new'->>'price' FROM pgcelery_notification")
+        assert cursor.fetchone() == ("12345678901234567890.12345678901234567890",)
