@@ -172,19 +172,27 @@ class Bridge:
             self._prune_if_due()
             self._wait(self.sweep_interval)
 
-    def _wait(self, timeout: float) -> None:
-        ready, _, _ = select.select([self.pg, self._wake_r], [], [], timeout)
-        if self._wake_r in ready:
-            self._drain_wakeups()
-        if self.pg in ready:
-            self.pg.poll()
-            for notify in self.pg.notifies:
-                if notify.payload:
-                    logger.warning(
-                        "Ignored a wake-up with an unexpected payload on channel %r: %.200r",
-                        notify.channel, notify.payload,
-                    )
-            self.pg.notifies.clear()
+    def _wait(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a wake-up; returns whether one came.
+
+        Wake-ups read off the socket while a batch ran are already in ``notifies``: they
+        end the wait at once, since their rows may have committed after the batch's claim.
+        """
+        if not self.pg.notifies:
+            ready, _, _ = select.select([self.pg, self._wake_r], [], [], timeout)
+            if self._wake_r in ready:
+                self._drain_wakeups()
+            if self.pg in ready:
+                self.pg.poll()
+        woken = bool(self.pg.notifies)
+        for notify in self.pg.notifies:
+            if notify.payload:
+                logger.warning(
+                    "Ignored a wake-up with an unexpected payload on channel %r: %.200r",
+                    notify.channel, notify.payload,
+                )
+        self.pg.notifies.clear()
+        return woken
 
     # -- draining ----------------------------------------------------------------------
 

@@ -51,6 +51,14 @@ def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
         assert kwargs[messages.ENVELOPE]["payload"] == '{"n": 1}'
 
 
+def test_a_wake_up_read_during_a_batch_is_not_lost(bridge):
+    pgcelery.notify(Message, text="woken")
+    # The claim reads the pending wake-up off the socket along with its own result.
+    assert bridge.drain() == 1
+    assert bridge._wait(timeout=0) is True
+    assert bridge._wait(timeout=0) is False
+
+
 def test_dispatch_options_are_on_the_message(bridge):
     pgcelery.notify(Routed, n=1)
     bridge.drain()
