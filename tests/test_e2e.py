@@ -5,10 +5,12 @@ import decimal
 import uuid
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test import Client
 
 import pgcelery
 from blog.models import Author, Post, PostReadCount
+from pgcelery.models import Notification
 from tests import support
 from tests.testapp.channels import Everything
 from tests.testapp.listeners import described, summary
@@ -47,8 +49,11 @@ def test_post_fetch_notifies_post_reads_listener():
     author = Author.objects.create(name="reader")
     support.wait_until(lambda: Post.objects.filter(author=author).exists(), what="a post")
     post = Post.objects.get(author=author)
-    for _ in range(3):
+    for _ in range(2):
         assert Post.fetch(post.pk) == post
+    response = Client().get(f"/posts/{post.pk}/")
+    assert response.status_code == 200
+    assert response.json()["id"] == post.pk
     support.wait_until(
         lambda: PostReadCount.objects.filter(post=post, count=3).exists(), what="3 reads"
     )
@@ -160,11 +165,28 @@ def test_hostile_strings_arrive_intact():
     assert sorted(event.data["text"] for event in received) == sorted(texts)
 
 
-def test_large_payload_goes_through():
+def test_large_payloads_go_through():
     text = "x" * (1024 * 1024)
     pgcelery.notify("tests.testapp.channels.Message", text=text)
+    sample = Sample.objects.create(
+        when=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        day=datetime.date(2026, 1, 1), ratio=0.0, flag=True, doc={}, blob=b"",
+        span=datetime.timedelta(0), note="y" * (1024 * 1024),
+    )
     [event] = wait_for_events("message_received", 1)
     assert event.data["text"] == text
+    [event] = wait_for_events("sample_inserted", 1)
+    assert event.data["new"] == unsaved(sample)
+
+
+def test_a_garbage_wake_up_is_logged_not_stored(bridge_process):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify('tests.testapp.channels.Message', 'garbage ''\\x')")
+    pgcelery.notify("tests.testapp.channels.Message", text="after garbage")
+    [event] = wait_for_events("message_received", 1)
+    assert event.data == {"text": "after garbage"}
+    assert "Ignored a wake-up with an unexpected payload" in bridge_process.log()
+    assert not Notification.objects.exists()
 
 
 def test_context_reaches_listeners_that_declare_it():

@@ -9,6 +9,7 @@ from django.db.transaction import TransactionManagementError
 import pgcelery
 from pgcelery.models import Notification
 from tests.testapp.channels import Message, WithContext
+from tests.testapp.models import Writer
 
 
 def outbox():
@@ -69,10 +70,18 @@ def test_context_belongs_to_its_transaction_only():
     with transaction.atomic():
         pgcelery.set_notification_context({"user": 1, "at": "now"})
         pgcelery.notify(WithContext, n=1)
+        Writer.objects.create(name="by a trigger")
     pgcelery.notify(WithContext, n=2)
     with transaction.atomic():
         pgcelery.notify(WithContext, n=3)
-    assert [row["context"] for row in outbox()] == [{"user": 1, "at": "now"}, None, None]
+        Writer.objects.create(name="later")
+    assert [(row["channel"], row["context"]) for row in outbox()] == [
+        ("tests.testapp.channels.WithContext", {"user": 1, "at": "now"}),
+        ("tests.testapp.channels.WriterChannel", {"user": 1, "at": "now"}),
+        ("tests.testapp.channels.WithContext", None),
+        ("tests.testapp.channels.WithContext", None),
+        ("tests.testapp.channels.WriterChannel", None),
+    ]
 
 
 @pytest.mark.django_db
