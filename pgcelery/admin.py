@@ -1,7 +1,8 @@
-"""The outbox in the Django admin: what is pending, what failed and why."""
+"""The outbox in the Django admin: what is pending, what failed and why; retry or discard."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from pgcelery import failures
 from pgcelery.models import Notification
 
 
@@ -12,6 +13,19 @@ class NotificationAdmin(admin.ModelAdmin):
     search_fields = ("channel", "failure")
     readonly_fields = [field.name for field in Notification._meta.fields]
     ordering = ("id",)
+    actions = ["retry_failed", "discard_failed"]
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.action(description="Retry the selected failed notifications")
+    def retry_failed(self, request, queryset) -> None:
+        count = failures.retry(queryset)
+        self.message_user(request, f"{count} failed notification(s) queued again.",
+                          messages.SUCCESS)
+
+    @admin.action(description="Discard the selected failed notifications")
+    def discard_failed(self, request, queryset) -> None:
+        count = failures.discard(queryset)
+        self.message_user(request, f"{count} failed notification(s) discarded.",
+                          messages.SUCCESS)

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 #: How often ``atomic=True`` task records past their retention are pruned.
 PRUNE_INTERVAL = 3600.0
 _DRIVER_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
+#: How the bridge's connection shows in pg_stat_activity.
+APPLICATION_NAME = "pgcelery_bridge"
 
 
 class Backoff:
@@ -143,6 +145,8 @@ class Bridge:
         params = connections[self.database].get_connection_params()
         for key in _DRIVER_ONLY_PARAMS:
             params.pop(key, None)
+        params.setdefault("connect_timeout", 10)
+        params["application_name"] = APPLICATION_NAME
         self.pg = psycopg2.connect(**params)
         names = self.channels or listeners.registered_channels()
         with self.pg.cursor() as cursor:
@@ -246,6 +250,10 @@ class Bridge:
         targets = listeners.listeners_for(row.channel, row.trigger)
         if not targets:
             return _no_listener_reason(row)
+        try:
+            messages.check(row)
+        except (LookupError, TypeError, ValueError) as exc:
+            return f"payload cannot be decoded: {exc}"
         for listener in targets:
             try:
                 self.publisher.publish(listener, row, self.database)

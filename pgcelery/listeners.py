@@ -47,6 +47,11 @@ def listeners_for(channel: str, trigger: str) -> list[Listener]:
     return list(_listeners.get((channel, trigger), {}).values())
 
 
+def registered_listeners() -> list[Listener]:
+    """Every registered listener."""
+    return [listener for found in _listeners.values() for listener in found.values()]
+
+
 def registered_channels() -> list[str]:
     """Dotted names of every channel with at least one listener."""
     return sorted({channel for channel, _ in _listeners})

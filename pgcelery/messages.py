@@ -44,14 +44,26 @@ def envelope(row: Row, database: str) -> dict[str, Any]:
     }
 
 
+def check(row: Row) -> None:
+    """Raises what the worker would raise opening ``row``, so the bridge can keep it as failed.
+
+    Raises:
+        LookupError, TypeError, ValueError: naming what cannot be decoded.
+    """
+    channel, payload = _open(row.channel, row.payload)
+    if issubclass(channel, channels.TriggerChannel):
+        payloads.check_rows(payload)
+    else:
+        payloads.decode_fields(channel, payload)
+
+
 def arguments(envelope: dict[str, Any]) -> dict[str, Any]:
     """The listener's keyword arguments, decoded to their declared types.
 
     Trigger channels give ``old`` and ``new`` model instances; the notification context
     is under ``context``. The caller keeps those the listener accepts.
     """
-    channel = channels.resolve(envelope["channel"])
-    payload = payloads.load(envelope["payload"])
+    channel, payload = _open(envelope["channel"], envelope["payload"])
     if issubclass(channel, channels.TriggerChannel):
         kwargs = {
             "old": payloads.build_instance(channel.model, payload.get("old")),
@@ -62,3 +74,7 @@ def arguments(envelope: dict[str, Any]) -> dict[str, Any]:
     context = envelope.get("context")
     kwargs["context"] = payloads.load(context) if context else {}
     return kwargs
+
+
+def _open(channel: str, payload: str) -> tuple[type[channels.BaseChannel], Any]:
+    return channels.resolve(channel), payloads.load(payload)

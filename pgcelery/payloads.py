@@ -42,13 +42,10 @@ def _check_finite(value: Any) -> Any:
     return value
 
 
-def _fromisoformat(cls: Any) -> Callable[[Any], Any]:
-    return lambda value: value if isinstance(value, cls) else cls.fromisoformat(value)
-
-
 class _Scalar(typing.NamedTuple):
-    accepts: Callable[[Any], bool]
+    accepts: Callable[[Any], bool]  # the Python values notify() takes
     encode: Callable[[Any], Any]
+    stored: Callable[[Any], bool]  # the JSON values a stored payload may hold
     decode: Callable[[Any], Any]
 
 
@@ -56,23 +53,24 @@ def _is(*classes: type, not_: tuple[type, ...] = ()) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, classes) and not isinstance(value, not_)
 
 
+_text = _is(str)
 _SCALARS: dict[Any, _Scalar] = {
-    bool: _Scalar(_is(bool), bool, bool),
-    int: _Scalar(_is(int, not_=(bool,)), int, int),
+    bool: _Scalar(_is(bool), bool, _is(bool), bool),
+    int: _Scalar(_is(int, not_=(bool,)), int, _is(int, not_=(bool,)), int),
     # An int is accepted where a float is declared; the listener receives a float.
-    float: _Scalar(_is(int, float, not_=(bool,)), lambda v: _check_finite(float(v)), float),
-    str: _Scalar(_is(str), _check_str, str),
-    decimal.Decimal: _Scalar(
-        _is(decimal.Decimal), lambda v: str(_check_finite(v)), decimal.Decimal
-    ),
-    datetime.datetime: _Scalar(_is(datetime.datetime), datetime.datetime.isoformat,
-                               _fromisoformat(datetime.datetime)),
-    datetime.date: _Scalar(_is(datetime.date, not_=(datetime.datetime,)), datetime.date.isoformat,
-                           _fromisoformat(datetime.date)),
-    datetime.time: _Scalar(_is(datetime.time), datetime.time.isoformat,
-                           _fromisoformat(datetime.time)),
-    uuid.UUID: _Scalar(_is(uuid.UUID), str, uuid.UUID),
-    _NoneType: _Scalar(lambda value: value is None, lambda v: None, lambda v: None),
+    float: _Scalar(_is(int, float, not_=(bool,)), lambda v: _check_finite(float(v)),
+                   _is(int, float, decimal.Decimal, not_=(bool,)), float),
+    str: _Scalar(_is(str), _check_str, _text, str),
+    decimal.Decimal: _Scalar(_is(decimal.Decimal), lambda v: str(_check_finite(v)), _text,
+                             decimal.Decimal),
+    datetime.datetime: _Scalar(_is(datetime.datetime), datetime.datetime.isoformat, _text,
+                               datetime.datetime.fromisoformat),
+    datetime.date: _Scalar(_is(datetime.date, not_=(datetime.datetime,)),
+                           datetime.date.isoformat, _text, datetime.date.fromisoformat),
+    datetime.time: _Scalar(_is(datetime.time), datetime.time.isoformat, _text,
+                           datetime.time.fromisoformat),
+    uuid.UUID: _Scalar(_is(uuid.UUID), str, _text, uuid.UUID),
+    _NoneType: _Scalar(lambda v: v is None, lambda v: None, lambda v: v is None, lambda v: None),
 }
 _JSON_NATIVE = (str, int, float, bool, _NoneType)
 _SEQUENCES = (list, tuple, set, frozenset)
@@ -155,21 +153,34 @@ def _encode_key(key: Any, tp: Any) -> str:
 
 
 def decode(value: Any, tp: Any) -> Any:
-    """The inverse of :func:`encode`: JSON data back to the declared type ``tp``."""
+    """The inverse of :func:`encode`: stored JSON data back to the declared type ``tp``.
+
+    Raises:
+        TypeError, ValueError: if the stored value cannot be of type ``tp``.
+    """
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any or value is None:
+    if tp is Any:
         return value
     if origin in _UNION_TYPES:
-        return decode(value, _optional_member(tp))
+        return None if value is None and _NoneType in args else decode(value, _optional_member(tp))
     container = origin or tp
     if container in _SEQUENCES:
+        if not isinstance(value, list):
+            raise _wrong_type(value, tp)
         item_types = _item_types(container, args, len(value))
         items = [decode(item, item_tp) for item, item_tp in zip(value, item_types, strict=True)]
         return items if container is list else container(items)
     if container is dict:
+        if not isinstance(value, dict):
+            raise _wrong_type(value, tp)
         key_tp, value_tp = args or (Any, Any)
         return {_decode_key(k, key_tp): decode(v, value_tp) for k, v in value.items()}
-    return _SCALARS[tp].decode(value)
+    scalar = _SCALARS.get(tp)
+    if scalar is None:
+        raise TypeError(f"unsupported type {_type_name(tp)}")
+    if not scalar.stored(value):
+        raise _wrong_type(value, tp)
+    return scalar.decode(value)
 
 
 def _decode_key(key: str, tp: Any) -> Any:
@@ -205,19 +216,39 @@ def encode_fields(channel: type[channels.Channel], values: Mapping[str, Any]) ->
     return payload
 
 
-def decode_fields(channel: type[channels.Channel], payload: Mapping[str, Any]) -> dict[str, Any]:
+def decode_fields(channel: type[channels.Channel], payload: Any) -> dict[str, Any]:
     """Keyword arguments of the declared types from a stored payload.
 
-    Fields declared since the notification was written get their default; fields no
+    Fields declared with a default since the notification was written get it; fields no
     longer declared are dropped.
+
+    Raises:
+        TypeError, ValueError: naming the channel and field that cannot be decoded.
     """
+    name = channels.channel_name(channel)
+    if not isinstance(payload, dict):
+        raise TypeError(f"{name}: payload is a {type(payload).__name__}, not an object")
     kwargs = {}
     for field in channels.fields(channel):
         if field.name in payload:
-            kwargs[field.name] = decode(payload[field.name], field.type)
-        elif not field.required:
+            try:
+                kwargs[field.name] = decode(payload[field.name], field.type)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{name}.{field.name}: {exc}") from None
+        elif field.required:
+            raise TypeError(f"{name}: payload has no {field.name!r}")
+        else:
             kwargs[field.name] = field.default_value()
     return kwargs
+
+
+def check_rows(payload: Any) -> None:
+    """Checks a trigger payload's shape: ``old`` and ``new``, each a row object or null."""
+    if not isinstance(payload, dict):
+        raise TypeError(f"trigger payload is a {type(payload).__name__}, not an object")
+    for key in ("old", "new"):
+        if key not in payload or not isinstance(payload[key], (dict, _NoneType)):
+            raise TypeError(f"trigger payload has no {key!r} row")
 
 
 # -- Trigger rows ----------------------------------------------------------------------

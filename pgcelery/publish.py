@@ -62,7 +62,8 @@ class Publisher:
             connection = self.app.connection_for_write(
                 transport_options={"confirm_publish": True}
             )
-            connection.ensure_connection(max_retries=1)
+            # Fail fast: the bridge has its own backoff, and keeps its rows meanwhile.
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
             self._connection = connection
             self._producer = self.app.amqp.Producer(connection)
         return self._producer

@@ -28,6 +28,9 @@ DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, t
 
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
+#: Wakes the bridges listening on a channel, for rows put back in the queue.
+WAKE = "SELECT pg_notify(%s, '')"
+
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 

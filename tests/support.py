@@ -15,6 +15,8 @@ from urllib.parse import quote
 from celery import current_app
 from django.db import connection
 
+from pgcelery import listeners
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
 #: Every queue a test listener is routed to.
@@ -44,6 +46,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def trigger_of(listener: str) -> str:
+    """The trigger name of the test app's trigger listener function ``listener``."""
+    [trigger] = [found.trigger for found in listeners.registered_listeners()
+                 if found.task_name == f"tests.testapp.listeners.{listener}"]
+    return trigger
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:

@@ -1,10 +1,12 @@
 """The bridge in-process against the real database and the real broker, with no worker."""
 
+import io
 import json
 import uuid
 
 import pytest
 from celery import Celery, current_app
+from django.core.management import call_command
 from django.db import connection
 
 import pgcelery
@@ -68,12 +70,12 @@ def test_dispatch_options_are_on_the_message(bridge):
     assert message.headers["expires"] is not None
 
 
-def insert_raw(channel, trigger=""):
+def insert_raw(channel, trigger="", payload="{}"):
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at) "
-            "VALUES (%s, %s, %s, '{}', now()) RETURNING id",
-            [uuid.uuid4(), channel, trigger],
+            "VALUES (%s, %s, %s, %s, now()) RETURNING id",
+            [uuid.uuid4(), channel, trigger, payload],
         )
         return cursor.fetchone()[0]
 
@@ -136,3 +138,45 @@ def test_an_unreachable_broker_leaves_every_row_in_place(transactional_db):
         bridge.drain()
     bridge.close()
     assert Notification.objects.filter(failed_at__isnull=True).count() == 1
+
+
+def test_rows_whose_payload_cannot_be_decoded_are_kept_as_failed(bridge):
+    wrong_type = insert_raw("tests.testapp.channels.Message", payload='{"text": 5}')
+    missing = insert_raw("tests.testapp.channels.Message", payload='{}')
+    not_rows = insert_raw("tests.testapp.channels.WriterChannel",
+                          support.trigger_of("writer_inserted"),
+                          payload="[]")
+    pgcelery.notify(Message, text="fine")
+    assert bridge.drain() == 4
+    assert [m.decode()[1][messages.ENVELOPE]["payload"] for m in take_messages("celery")] == [
+        '{"text": "fine"}'
+    ]
+    failed = dict(Notification.objects.filter(failed_at__isnull=False).values_list("id", "failure"))
+    assert failed == {
+        wrong_type: "payload cannot be decoded: tests.testapp.channels.Message.text: "
+                    "expected str, got int 5",
+        missing: "payload cannot be decoded: tests.testapp.channels.Message: payload has no "
+                 "'text'",
+        not_rows: "payload cannot be decoded: trigger payload is a list, not an object",
+    }
+
+
+def test_failed_rows_can_be_retried_or_discarded(bridge):
+    first = insert_raw("tests.testapp.channels.Message", payload='{"text": 5}')
+    second = insert_raw("tests.testapp.channels.Message", payload='{"text": 6}')
+    bridge.drain()
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE pgcelery_notification SET payload = '{\"text\": \"5\"}' "
+                       "WHERE id = %s", [first])
+    call_command("pgcelery_failed", "retry", "--id", str(first), stdout=io.StringIO())
+    # The retry woke the bridge.
+    assert bridge._wait(timeout=5) is True
+    assert bridge.drain() == 1
+    [message] = take_messages("celery")
+    assert message.decode()[1][messages.ENVELOPE]["id"] == first
+    output = io.StringIO()
+    call_command("pgcelery_failed", stdout=output)
+    assert output.getvalue().startswith(f"#{second} tests.testapp.channels.Message failed ")
+    call_command("pgcelery_failed", "discard", "--channel", "tests.testapp.channels.Message",
+                 stdout=output)
+    assert not Notification.objects.exists()

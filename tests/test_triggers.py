@@ -3,20 +3,11 @@ import decimal
 import pytest
 from django.db import connection
 
-from pgcelery import listeners
 from pgcelery.models import Notification
+from tests.support import trigger_of
 from tests.testapp.models import Legacy, Restaurant, Sku, Writer
 
 pytestmark = pytest.mark.django_db
-
-WRITER = "tests.testapp.channels.WriterChannel"
-
-
-def trigger_of(listener_name, channel=WRITER):
-    [trigger] = [trigger for (name, trigger), found in listeners._listeners.items()
-                 if name == channel and any(t.endswith(f".{listener_name}") for t in found)]
-    return trigger
-
 
 def rows():
     return list(Notification.objects.order_by("id").values_list("trigger", "payload"))
