@@ -186,8 +186,25 @@ def _adopt(task: Task | Proxy) -> Task:
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
     task.run = run
+    _accept_envelope_in_argument_check(task)
     task._pgcelery_adopted = True
     return task
+
+
+def _accept_envelope_in_argument_check(task: Task) -> None:
+    """Lets ``apply_async`` pass a message that carries a notification.
+
+    A retry re-sends the request's own arguments: for a notification, the envelope alone,
+    which the task's signature check (``typing=True``) would refuse.
+    """
+    check = getattr(task, "__header__", None)
+    if check is None:
+        return
+
+    def check_unless_envelope(*args: Any, **kwargs: Any) -> Any:
+        return None if messages.ENVELOPE in kwargs else check(*args, **kwargs)
+
+    task.__header__ = check_unless_envelope
 
 
 def _accepted_arguments(func: Callable) -> frozenset[str] | None:

@@ -32,3 +32,24 @@ def running(bridge_process, worker_process, transactional_db):
     """Bridge and worker running; each test leaves nothing in flight behind it."""
     yield
     support.settle()
+
+
+@pytest.fixture
+def spawn(log_dir):
+    """Starts bridges and workers for one test, and stops whatever is left running after it."""
+    started = []
+
+    class Spawn:
+        @staticmethod
+        def bridge(*args, **kwargs):
+            started.append(support.start_bridge(log_dir, *args, **kwargs))
+            return started[-1]
+
+        @staticmethod
+        def worker(**kwargs):
+            started.append(support.start_worker(log_dir, **kwargs))
+            return started[-1]
+
+    yield Spawn
+    for process in started:
+        process.stop()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from urllib.parse import quote
 
 from celery import current_app
 from django.db import connection
+from kombu import Connection
 
 from pgcelery import listeners
 
@@ -55,6 +58,24 @@ def trigger_of(listener: str) -> str:
     return trigger
 
 
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """Runs ``manage.py`` of the example project with the test settings."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=EXAMPLE, env=subprocess_env(**env),
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def status_json() -> str:
+    return manage("pgcelery_status", "--json").stdout
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -63,12 +84,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str
         time.sleep(0.1)
 
 
+_serial = itertools.count(1)
+
+
 class Process:
     """A command run in the background with its output in a log file."""
 
     def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
         self.name = name
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{name}-{next(_serial)}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             argv, cwd=EXAMPLE, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -99,9 +123,10 @@ class Process:
         return self.popen.returncode
 
 
-def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None) -> Process:
+def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 name: str = "bridge") -> Process:
     bridge = Process(
-        "bridge",
+        name,
         [sys.executable, "manage.py", "pgcelery_bridge", *args],
         log_dir,
         env or subprocess_env(),
@@ -110,22 +135,24 @@ def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None) -
     return bridge
 
 
-def start_worker(log_dir: Path, env: dict[str, str] | None = None) -> Process:
+def start_worker(log_dir: Path, env: dict[str, str] | None = None,
+                 name: str = "worker") -> Process:
+    env = {**(env or subprocess_env()), "PGCELERY_TEST_CRASH_MARKER": str(log_dir / "crashed")}
     worker = Process(
-        "worker",
+        name,
         [sys.executable, "-m", "celery", "-A", "proj", "worker", "--pool", "prefork",
          "--concurrency", "2", "--queues", ",".join(QUEUES), "--loglevel", "INFO",
-         "--hostname", f"pgcelery-tests-{os.getpid()}@%h", "--without-gossip",
-         "--without-mingle"],
+         "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         log_dir,
-        env or subprocess_env(),
+        env,
     )
     worker.wait_for_log("ready.")
     return worker
 
 
-def queue_length(name: str) -> int:
-    with current_app.connection_for_write() as conn:
+def queue_length(name: str, broker_url: str | None = None) -> int:
+    connection = Connection(broker_url) if broker_url else current_app.connection_for_write()
+    with connection as conn:
         try:
             return conn.default_channel.queue_declare(queue=name, passive=True).message_count
         except conn.channel_errors:

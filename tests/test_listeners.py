@@ -7,6 +7,7 @@ from django.db import connection, connections
 import pgcelery
 from pgcelery import listeners, messages
 from pgcelery.models import Notification, TaskRecord
+from tests import support
 from tests.testapp.channels import Counted, Message, Routed, WriterChannel
 from tests.testapp.listeners import count_once, message_received, routed
 from tests.testapp.models import Event
@@ -111,3 +112,13 @@ def test_atomic_listener_runs_once_when_the_same_task_runs_concurrently():
         thread.join()
     assert results == [True, True, True]
     assert count_once_events() == 1
+
+
+def test_argument_checks_stay_and_let_notifications_through():
+    envelope = {messages.ENVELOPE: {"channel": "tests.testapp.channels.Routed"}}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'wrong'"):
+        routed.apply_async(kwargs={"wrong": 1})
+    try:
+        routed.apply_async(kwargs=envelope, queue="tests.routed")
+    finally:
+        support.purge_queues()

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -14,10 +12,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def status(*args, **env):
-    return subprocess.run(
-        [sys.executable, "manage.py", "pgcelery_status", *args], cwd=support.EXAMPLE,
-        env=support.subprocess_env(**env), capture_output=True, text=True, timeout=60,
-    )
+    return support.manage("pgcelery_status", *args, **env)
 
 
 def test_status_lists_pending_rows_per_channel_and_exits_0():

@@ -79,3 +79,15 @@ class Counted(Channel):
     n: int
     fail: bool = False
     hold: float = 0.0
+    crash: bool = False  # kill the worker process after the commit, before the ack
+
+
+@dataclass
+class Slow(Channel):
+    n: int
+    hold: float
+
+
+@dataclass
+class Flaky(Channel):
+    failures: int

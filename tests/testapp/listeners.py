@@ -1,21 +1,29 @@
 """Listeners that record what they received as Event rows."""
 
+import json
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pgtrigger
 from celery import current_task, shared_task
+from celery.signals import task_postrun
 
 import pgcelery
+from pgcelery.messages import ENVELOPE
 from tests.testapp.channels import (
     Counted,
     Everything,
+    Flaky,
     LegacyChannel,
     Message,
     RestaurantChannel,
     Routed,
     SampleChannel,
     SkuChannel,
+    Slow,
     WithContext,
     WriterChannel,
 )
@@ -124,3 +132,36 @@ def count_once(n: int, fail: bool, hold: float):
     time.sleep(hold)
     if fail and not Event.objects.filter(listener="allow").exists():
         raise RuntimeError("failing as asked")
+
+
+@task_postrun.connect
+def crash_after_commit(sender=None, kwargs=None, **_):
+    """Kills the worker process once, after a ``crash=True`` count_once committed, before its ack.
+
+    Armed by PGCELERY_TEST_CRASH_MARKER, the file that records the crash happened.
+    """
+    marker = os.environ.get("PGCELERY_TEST_CRASH_MARKER")
+    envelope = (kwargs or {}).get(ENVELOPE)
+    if sender is None or sender.name != count_once.name or not marker or not envelope:
+        return
+    if json.loads(envelope["payload"]).get("crash") and not Path(marker).exists():
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pgcelery.listener(Slow)
+def slow(n: int, hold: float):
+    """Records its start with the pid running it, then takes ``hold`` seconds."""
+    record("slow_started", n=n, pid=os.getpid())
+    time.sleep(hold)
+    record("slow_done", n=n)
+
+
+@pgcelery.listener(Flaky)
+@shared_task(bind=True, autoretry_for=(RuntimeError,), max_retries=2, default_retry_delay=0)
+def flaky(self, failures: int):
+    """Fails its first ``failures`` attempts; Celery retries it up to twice."""
+    record("flaky_attempt", attempt=self.request.retries)
+    if self.request.retries < failures:
+        raise RuntimeError(f"attempt {self.request.retries} fails")
+    record("flaky_done", attempt=self.request.retries)
