@@ -1,14 +1,16 @@
 # make demo   - the blog example end to end (embedded PostgreSQL and Redis when none runs)
 # make test   - lint and the whole test suite against real PostgreSQL, Redis and Celery workers
+#             (then the broker-facing tests again on RabbitMQ, when one runs on 127.0.0.1:5672)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
 PYTHON ?= python3
 PYTHON_OLDEST ?= python3.10
 VENV ?= .venv
 CONSTRAINTS ?=
+RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 BIN := $(VENV)/bin
 SERVICES := $(BIN)/python scripts/with_services.py
 
-.PHONY: install demo test test-oldest lint clean
+.PHONY: install demo test test-rabbitmq test-oldest lint clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,16 @@ lint: install
 
 test: lint
 	$(SERVICES) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-rabbitmq
+
+test-rabbitmq: install
+	@if $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 1)" \
+			2>/dev/null; then \
+		CELERY_BROKER_URL='$(RABBITMQ_URL)' $(SERVICES) \
+			$(BIN)/python -m pytest tests/test_bridge.py tests/test_e2e.py; \
+	else \
+		echo "No RabbitMQ on 127.0.0.1:5672: the RabbitMQ run is skipped."; \
+	fi
 
 test-oldest:
 	$(MAKE) test PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest CONSTRAINTS=tests/oldest-constraints.txt

@@ -8,6 +8,7 @@ import pytest
 from celery import Celery, current_app
 from django.core.management import call_command
 from django.db import connection
+from kombu import Message as KombuMessage
 
 import pgcelery
 from pgcelery import messages
@@ -30,11 +31,13 @@ def bridge(transactional_db):
 
 
 def take_messages(queue):
+    """Every message in ``queue``, as kombu messages whatever the transport."""
     with current_app.connection_for_write() as conn:
         channel = conn.default_channel
         taken = []
         while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            taken.append(message)
+            is_kombu = isinstance(message, KombuMessage)
+            taken.append(message if is_kombu else channel.message_to_python(message))
         return taken
 
 
@@ -180,3 +183,13 @@ def test_failed_rows_can_be_retried_or_discarded(bridge):
     call_command("pgcelery_failed", "discard", "--channel", "tests.testapp.channels.Message",
                  stdout=output)
     assert not Notification.objects.exists()
+
+
+def test_messages_are_published_with_publisher_confirms(bridge):
+    pgcelery.notify(Message, text="confirmed")
+    assert bridge.drain() == 1
+    connection = bridge.publisher._connection
+    assert connection.transport_options["confirm_publish"] is True
+    if connection.transport.driver_type == "amqp":
+        assert bridge.publisher._producer.channel._confirm_selected is True
+    assert len(take_messages("celery")) == 1

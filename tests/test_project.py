@@ -1,5 +1,6 @@
 """The repository as a user meets it: the wheel, the migrations, docker-compose, the commands."""
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -53,3 +54,20 @@ def test_ci_runs_the_readme_test_command():
     readme = (support.ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "\nmake test\n" in (support.ROOT / ".ci" / "run").read_text()
+
+
+def test_the_delivery_guarantees_name_tests_that_exist():
+    readme = (support.ROOT / "README.md").read_text()
+    section = readme.split("## Delivery guarantees")[1].split("\n## ")[0]
+    referenced = []
+    for row in section.splitlines():
+        if not row.startswith("| **"):
+            continue
+        current = None
+        for module, name in re.findall(r"`(test_\w+\.py)?(?:::(\w+))?`", row.split("|")[-2]):
+            current = module or current
+            referenced.append((current, name))
+    assert len(referenced) >= 20
+    for module, name in referenced:
+        source = (support.ROOT / "tests" / module).read_text()
+        assert not name or f"def {name}(" in source, f"{module}::{name}"
