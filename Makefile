@@ -1,6 +1,7 @@
 # make demo   - the blog example end to end (embedded PostgreSQL and Redis when none runs)
 # make test   - lint and the whole test suite against real PostgreSQL, Redis and Celery workers
 #             (then the broker-facing tests again on RabbitMQ, when one runs on 127.0.0.1:5672)
+# make bench / make bench-quick - the benchmark (full, or about a minute)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
 PYTHON ?= python3
 PYTHON_OLDEST ?= python3.10
@@ -10,7 +11,7 @@ RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 BIN := $(VENV)/bin
 SERVICES := $(BIN)/python scripts/with_services.py
 
-.PHONY: install demo test test-rabbitmq test-oldest lint clean
+.PHONY: install demo test test-rabbitmq test-oldest lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,12 @@ test-rabbitmq: install
 	else \
 		echo "No RabbitMQ on 127.0.0.1:5672: the RabbitMQ run is skipped."; \
 	fi
+
+bench: install
+	$(SERVICES) $(BIN)/python bench/run.py
+
+bench-quick: install
+	$(SERVICES) $(BIN)/python bench/run.py --quick
 
 test-oldest:
 	$(MAKE) test PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest CONSTRAINTS=tests/oldest-constraints.txt

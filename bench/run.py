@@ -1,0 +1,319 @@
+"""pgcelery's benchmark: every figure next to a baseline measured in the same run.
+
+    python bench/run.py [--quick]      (make bench / make bench-quick)
+
+Baselines: the naive bridge (bench/naive.py: LISTEN on a bare pg_notify trigger,
+apply_async per notification), the worker draining pre-queued tasks, and the same table
+written with no trigger. Prints one table and writes it to bench/results/latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "example_project"
+sys.path[:0] = [str(ROOT), str(EXAMPLE)]
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+
+import django  # noqa: E402
+import psutil  # noqa: E402
+
+django.setup()
+
+from celery import current_app  # noqa: E402
+from demo import create_database  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from bench.benchapp.listeners import QUEUE  # noqa: E402
+from bench.benchapp.models import Hit  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Sizes:
+    drain: int
+    end_to_end: int
+    paced_seconds: float
+    single_rows: int
+    bulk_rows: int
+    memory_backlog: int
+
+
+FULL = Sizes(50_000, 20_000, 20.0, 5_000, 100_000, 1_000_000)
+QUICK = Sizes(10_000, 4_000, 4.0, 1_000, 20_000, 100_000)
+
+
+@dataclass
+class Row:
+    what: str
+    pgcelery: float
+    baseline: float
+    unit: str
+    target: str
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.pgcelery / self.baseline
+        return self.baseline / self.pgcelery if self.pgcelery else float("inf")
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+class Process:
+    def __init__(self, name: str, *argv: str, ready: str) -> None:
+        self.log = ROOT / "bench" / "results" / f"{name}.log"
+        self.popen = subprocess.Popen(
+            argv, cwd=EXAMPLE, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE)])},
+        )
+        wait_until(lambda: ready in self.log.read_text(), 60)
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(60)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def bridge() -> Process:
+    return Process("bridge", sys.executable, "manage.py", "pgcelery_bridge", "--loglevel",
+                   "WARNING", ready="Publishing to")
+
+
+def naive() -> Process:
+    return Process("naive", sys.executable, "-m", "bench.naive", ready="listening")
+
+
+def worker() -> Process:
+    return Process("worker", sys.executable, "-m", "celery", "-A", "proj", "worker", "--pool",
+                   "prefork", "--concurrency", "2", "--queues", QUEUE, "--loglevel", "WARNING",
+                   "--without-gossip", "--without-mingle", "--without-heartbeat",
+                   ready="celery@")
+
+
+def wait_until(predicate, timeout: float = 600.0, interval: float = 0.02) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"benchmark step timed out after {timeout:.0f}s")
+        time.sleep(interval)
+    return time.monotonic()
+
+
+# -- database and broker -----------------------------------------------------------------
+
+
+def execute(query: str, params=()) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+
+
+def scalar(query: str):
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        return cursor.fetchone()[0]
+
+
+def outbox() -> int:
+    return scalar("SELECT count(*) FROM pgcelery_notification")
+
+
+def hits(via: str) -> int:
+    return Hit.objects.filter(via=via).count()
+
+
+def queued() -> int:
+    with current_app.connection_for_write() as conn:
+        try:
+            return conn.default_channel.queue_declare(QUEUE, passive=True).message_count
+        except conn.channel_errors:
+            return 0
+
+
+def reset() -> None:
+    execute("TRUNCATE pgcelery_notification, benchapp_source, benchapp_plain, "
+            "benchapp_naivesource, benchapp_hit")
+    with current_app.connection_for_write() as conn, contextlib.suppress(conn.channel_errors):
+        conn.default_channel.queue_purge(QUEUE)
+
+
+def insert_many(table: str, count: int) -> float:
+    """Inserts ``count`` rows in one statement; returns the time of the commit."""
+    execute(f"INSERT INTO {table} (n) SELECT generate_series(1, %s)", [count])
+    return time.monotonic()
+
+
+# -- measurements ------------------------------------------------------------------------
+
+
+def drain(sizes: Sizes) -> Row:
+    """Publish rate with no worker: pgcelery on a committed backlog, the naive bridge live."""
+    reset()
+    insert_many("benchapp_source", sizes.drain)
+    started = time.monotonic()
+    process = bridge()
+    done = wait_until(lambda: outbox() == 0)
+    process.stop()
+    pgcelery_rate = sizes.drain / (done - started)
+    reset()
+    process = naive()
+    committed = insert_many("benchapp_naivesource", sizes.drain)
+    done = wait_until(lambda: queued() >= sizes.drain, interval=0.05)
+    process.stop()
+    return Row(f"drain: {sizes.drain:,} notifications published, no worker",
+               pgcelery_rate, sizes.drain / (done - committed), "/s", "≥ 10×")
+
+
+def end_to_end(sizes: Sizes) -> Row:
+    """Bridge and worker together, against the worker alone on the same tasks pre-queued."""
+    reset()
+    insert_many("benchapp_source", sizes.end_to_end)
+    process = bridge()
+    wait_until(lambda: outbox() == 0)
+    process.stop()
+    workers = worker()
+    started = time.monotonic()
+    done = wait_until(lambda: hits("pgcelery") >= sizes.end_to_end, interval=0.05)
+    ceiling = sizes.end_to_end / (done - started)
+    reset()
+    process = bridge()
+    committed = insert_many("benchapp_source", sizes.end_to_end)
+    done = wait_until(lambda: hits("pgcelery") >= sizes.end_to_end, interval=0.05)
+    process.stop()
+    workers.stop()
+    return Row(f"end to end: {sizes.end_to_end:,} through bridge + worker (prefork -c 2)",
+               sizes.end_to_end / (done - committed), ceiling, "/s", "≥ 0.9× (ceiling)")
+
+
+def paced(sizes: Sizes, rate: int) -> tuple[Row, Row, Row]:
+    """Commit → task start latency, single-row transactions at ``rate`` per second."""
+    results = {}
+    for via, table, start in (("pgcelery", "benchapp_source", bridge),
+                              ("naive", "benchapp_naivesource", naive)):
+        reset()
+        workers, process = worker(), start()
+        count = int(rate * sizes.paced_seconds)
+        committed = {}
+        first = time.monotonic()
+        for n in range(count):
+            time.sleep(max(0.0, first + n / rate - time.monotonic()))
+            execute(f"INSERT INTO {table} (n) VALUES (%s)", [n])
+            committed[n] = time.time()
+        wait_until(lambda via=via, count=count: hits(via) >= count, interval=0.05)
+        process.stop()
+        workers.stop()
+        latencies = sorted((started - committed[n]) * 1000 for n, started in
+                           Hit.objects.filter(via=via).values_list("n", "started"))
+        results[via] = statistics.quantiles(latencies, n=100)
+    rows = []
+    for label, index, target in (("p50", 49, "≤ 1.25× naive"), ("p95", 94, ""),
+                                 ("p99", 98, "≤ 10 ms")):
+        rows.append(Row(f"latency at {rate}/s, commit → task start, {label}",
+                        results["pgcelery"][index], results["naive"][index], " ms", target,
+                        higher_is_better=False))
+    return tuple(rows)
+
+
+def write_cost(sizes: Sizes) -> tuple[Row, Row]:
+    """Rows per second into a table with pgcelery's trigger and into one with none."""
+    rates = {}
+    for table in ("benchapp_source", "benchapp_plain"):
+        reset()
+        started = time.monotonic()
+        for n in range(sizes.single_rows):
+            execute(f"INSERT INTO {table} (n) VALUES (%s)", [n])
+        single = sizes.single_rows / (time.monotonic() - started)
+        reset()
+        started = time.monotonic()
+        bulk = sizes.bulk_rows / (insert_many(table, sizes.bulk_rows) - started)
+        rates[table] = single, bulk
+    reset()
+    (single, bulk), (plain_single, plain_bulk) = rates["benchapp_source"], rates["benchapp_plain"]
+    return (
+        Row("write cost: single-row transactions, trigger vs none", single, plain_single, "/s",
+            "≥ 0.7×"),
+        Row(f"write cost: one {sizes.bulk_rows:,}-row insert, trigger vs none", bulk,
+            plain_bulk, "/s", "≥ 0.3×"),
+    )
+
+
+def memory(sizes: Sizes) -> Row:
+    """Peak RSS of the bridge draining a large backlog (no worker), against its idle RSS."""
+    reset()
+    process = bridge()
+    idle = psutil.Process(process.popen.pid).memory_info().rss
+    process.stop()
+    insert_many("benchapp_source", sizes.memory_backlog)
+    process = bridge()
+    watched = psutil.Process(process.popen.pid)
+    peak = 0
+    while outbox():
+        peak = max(peak, watched.memory_info().rss)
+        time.sleep(0.05)
+    process.stop()
+    reset()
+    return Row(f"memory: bridge peak RSS draining {sizes.memory_backlog:,} rows (vs idle)",
+               peak / 2**20, idle / 2**20, " MB", "< 150 MB", higher_is_better=False)
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def versions() -> str:
+    import celery
+    import kombu
+
+    server = scalar("SHOW server_version")
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    return (f"Python {platform.python_version()}, Django {django.__version__}, "
+            f"Celery {celery.__version__}, kombu {kombu.__version__}, PostgreSQL {server}, "
+            f"broker {current_app.connection_for_write().transport_cls}; {os.cpu_count()} cores "
+            f"({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| measure | pgcelery | baseline | ratio | target |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.what} | {row.pgcelery:,.1f}{row.unit} | {row.baseline:,.1f}"
+                     f"{row.unit} | {row.ratio:.2f}× | {row.target} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
+    quick = parser.parse_args().quick
+    sizes = QUICK if quick else FULL
+    create_database()
+    subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=EXAMPLE,
+                   check=True, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{EXAMPLE}"})
+    rows = [drain(sizes), end_to_end(sizes), *paced(sizes, 200), *paced(sizes, 1000),
+            *write_cost(sizes), memory(sizes)]
+    report = (f"# pgcelery benchmark ({'quick' if quick else 'full'} run)\n\n"
+              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — "
+              f"{versions()}\n\nRatios: higher is better (for latency and memory, "
+              f"baseline ÷ pgcelery).\n\n{table(rows)}\n")
+    print(report)
+    (ROOT / "bench" / "results" / ("quick.md" if quick else "latest.md")).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
