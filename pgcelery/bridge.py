@@ -236,13 +236,16 @@ class Bridge:
     def _dispatch_all(self, rows: list[messages.Row]) -> tuple[list[int], dict[int, str]]:
         sent: list[int] = []
         failed: dict[int, str] = {}
-        for row in rows:
-            reason = self._dispatch(row)
-            if reason is None:
-                sent.append(row.id)
-            else:
-                logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
-                failed[row.id] = reason
+        if not rows:
+            return sent, failed
+        with self.publisher.batch():
+            for row in rows:
+                reason = self._dispatch(row)
+                if reason is None:
+                    sent.append(row.id)
+                else:
+                    logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
+                    failed[row.id] = reason
         return sent, failed
 
     def _dispatch(self, row: messages.Row) -> str | None:
