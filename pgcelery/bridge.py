@@ -66,7 +66,10 @@ class Bridge:
         self.publisher = Publisher(app)
         self.pg: psycopg2.extensions.connection | None = None
         self.stopping = False
+        # Signals write to _wake_w (set_wakeup_fd), so a stop ends any wait at once.
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._last_prune = 0.0
         self._outage: str | None = None
 
@@ -101,7 +104,6 @@ class Bridge:
         self.stopping = True
 
     def _install_signal_handlers(self):
-        self._wake_w.setblocking(False)
         previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         previous["fd"] = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         return previous
@@ -131,7 +133,6 @@ class Bridge:
             self._drain_wakeups()
 
     def _drain_wakeups(self) -> None:
-        self._wake_r.setblocking(False)
         try:
             while self._wake_r.recv(4096):
                 pass
