@@ -1,8 +1,8 @@
 """The task message: what the bridge sends for one notification and one listener.
 
 The message carries the stored JSON untouched, in one keyword argument; the worker
-decodes it into the declared types just before the listener runs. The bridge thus
-never parses payloads, and Decimal or large rows cross the broker exactly as stored.
+decodes it into the declared types just before the listener runs, so Decimal or large
+rows cross the broker exactly as stored. The bridge only checks that it will decode.
 """
 
 from __future__ import annotations
