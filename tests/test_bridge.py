@@ -1,5 +1,6 @@
 """The bridge in-process against the real database and the real broker, with no worker."""
 
+import collections
 import io
 import json
 import uuid
@@ -11,7 +12,7 @@ from django.db import connection
 from kombu import Message as KombuMessage
 
 import pgcelery
-from pgcelery import messages
+from pgcelery import messages, sql
 from pgcelery.bridge import Bridge
 from pgcelery.models import Notification
 from pgcelery.publish import BrokerUnavailable
@@ -193,3 +194,15 @@ def test_messages_are_published_with_publisher_confirms(bridge):
     if connection.transport.driver_type == "amqp":
         assert bridge.publisher._producer.channel._confirm_selected is True
     assert len(take_messages("celery")) == 1
+
+
+def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(bridge):
+    pgcelery.notify(WithContext, n=1)
+    with bridge.pg.cursor() as cursor:
+        cursor.execute(sql.CLAIM, {"limit": 10})
+        rows = [messages.Row(*row) for row in cursor.fetchall()]
+    bridge._dispatch_all(rows)
+    bridge.pg.rollback()  # the bridge died after publishing, before its commit
+    assert bridge.drain() == 1
+    ids = collections.Counter(m.headers["id"] for m in take_messages("celery"))
+    assert sorted(ids.values()) == [2, 2]
