@@ -74,15 +74,19 @@ class Row:
 
 
 class Process:
+    running: list[Process] = []
+
     def __init__(self, name: str, *argv: str, ready: str) -> None:
         self.log = ROOT / "bench" / "results" / f"{name}.log"
         self.popen = subprocess.Popen(
             argv, cwd=EXAMPLE, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE)])},
         )
+        self.running.append(self)
         wait_until(lambda: ready in self.log.read_text(), 60)
 
     def stop(self) -> None:
+        self.running.remove(self)
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(60)
@@ -93,7 +97,7 @@ class Process:
 
 def bridge() -> Process:
     return Process("bridge", sys.executable, "manage.py", "pgcelery_bridge", "--loglevel",
-                   "WARNING", ready="Publishing to")
+                   "INFO", ready="Bridge started")
 
 
 def naive() -> Process:
@@ -102,7 +106,8 @@ def naive() -> Process:
 
 def worker() -> Process:
     return Process("worker", sys.executable, "-m", "celery", "-A", "proj", "worker", "--pool",
-                   "prefork", "--concurrency", "2", "--queues", QUEUE, "--loglevel", "WARNING",
+                   "prefork", "--concurrency", "2", "--prefetch-multiplier", "16",
+                   "--queues", QUEUE, "--loglevel", "WARNING",
                    "--without-gossip", "--without-mingle", "--without-heartbeat",
                    ready="celery@")
 
@@ -166,8 +171,8 @@ def drain(sizes: Sizes) -> Row:
     """Publish rate with no worker: pgcelery on a committed backlog, the naive bridge live."""
     reset()
     insert_many("benchapp_source", sizes.drain)
-    started = time.monotonic()
     process = bridge()
+    started = time.monotonic()  # from "Bridge started": process start-up not counted
     done = wait_until(lambda: outbox() == 0)
     process.stop()
     pgcelery_rate = sizes.drain / (done - started)
@@ -305,8 +310,12 @@ def main() -> None:
     create_database()
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=EXAMPLE,
                    check=True, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{EXAMPLE}"})
-    rows = [drain(sizes), end_to_end(sizes), *paced(sizes, 200), *paced(sizes, 1000),
-            *write_cost(sizes), memory(sizes)]
+    try:
+        rows = [drain(sizes), end_to_end(sizes), *paced(sizes, 200), *paced(sizes, 1000),
+                *write_cost(sizes), memory(sizes)]
+    finally:
+        for process in list(Process.running):
+            process.stop()
     report = (f"# pgcelery benchmark ({'quick' if quick else 'full'} run)\n\n"
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — "
               f"{versions()}\n\nRatios: higher is better (for latency and memory, "

@@ -26,6 +26,29 @@ $$;
 """
 DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, text, jsonb);"
 
+#: The same for every row of one statement: statement-level triggers pass the payloads of
+#: all the rows they saw, in their order.
+NOTIFY_ROWS_FUNCTION = "pgcelery_notify_rows_v1"
+CREATE_NOTIFY_ROWS_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {NOTIFY_ROWS_FUNCTION}(
+    p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF cardinality(p_payloads) > 0 THEN
+        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, context, created_at)
+        SELECT gen_random_uuid(), p_channel, p_trigger, rows.payload,
+               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
+        FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
+        ORDER BY rows.position;
+        PERFORM pg_notify(p_pg_channel, '');
+    END IF;
+END;
+$$;
+"""
+DROP_NOTIFY_ROWS_FUNCTION = (
+    f"DROP FUNCTION IF EXISTS {NOTIFY_ROWS_FUNCTION}(text, text, text, jsonb[]);"
+)
+
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
 #: Wakes the bridges listening on a channel, for rows put back in the queue.

@@ -54,9 +54,14 @@ TEMPLATES = [
     }
 ]
 DATABASES = {
-    "default": database_from_url(
-        os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pgcelery_example")
-    )
+    "default": {
+        **database_from_url(
+            os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pgcelery_example")
+        ),
+        # Workers keep their connection between tasks instead of opening one per task.
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+    }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

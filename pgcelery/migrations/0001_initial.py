@@ -40,4 +40,5 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(sql.CREATE_NOTIFY_FUNCTION, sql.DROP_NOTIFY_FUNCTION),
+        migrations.RunSQL(sql.CREATE_NOTIFY_ROWS_FUNCTION, sql.DROP_NOTIFY_ROWS_FUNCTION),
     ]
