@@ -80,6 +80,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _scalar(tp: Any) -> _Scalar:
+    scalar = _SCALARS.get(tp)
+    if scalar is None:
+        raise TypeError(f"unsupported type {_type_name(tp)}")
+    return scalar
+
+
 def _optional_member(tp: Any) -> Any:
     members = [arg for arg in typing.get_args(tp) if arg is not _NoneType]
     if len(members) != 1:
@@ -127,9 +134,7 @@ def encode(value: Any, tp: Any) -> Any:
             raise _wrong_type(value, tp)
         key_tp, value_tp = args or (Any, Any)
         return {_encode_key(k, key_tp): encode(v, value_tp) for k, v in value.items()}
-    scalar = _SCALARS.get(tp)
-    if scalar is None:
-        raise TypeError(f"unsupported type {_type_name(tp)}")
+    scalar = _scalar(tp)
     if not scalar.accepts(value):
         raise _wrong_type(value, tp)
     return scalar.encode(value)
@@ -175,9 +180,7 @@ def decode(value: Any, tp: Any) -> Any:
             raise _wrong_type(value, tp)
         key_tp, value_tp = args or (Any, Any)
         return {_decode_key(k, key_tp): decode(v, value_tp) for k, v in value.items()}
-    scalar = _SCALARS.get(tp)
-    if scalar is None:
-        raise TypeError(f"unsupported type {_type_name(tp)}")
+    scalar = _scalar(tp)
     if not scalar.stored(value):
         raise _wrong_type(value, tp)
     return scalar.decode(value)
