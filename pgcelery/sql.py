@@ -7,28 +7,24 @@ migration, so the old and the new release of an app can run side by side in a de
 OUTBOX = "pgcelery_notification"
 TASK_RECORDS = "pgcelery_taskrecord"
 
-#: Records one notification and wakes the bridges LISTENing on its channel. The wake-up
-#: payload is constant, so Postgres folds the wake-ups of one transaction into one.
+#: Records one notification: the one-row case of the rows function below, which holds the
+#: outbox insert and the wake-up for both.
 NOTIFY_FUNCTION = "pgcelery_notify_v1"
+NOTIFY_ROWS_FUNCTION = "pgcelery_notify_rows_v1"
 CREATE_NOTIFY_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {NOTIFY_FUNCTION}(
     p_channel text, p_pg_channel text, p_trigger text, p_payload jsonb
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, context, created_at)
-    VALUES (
-        gen_random_uuid(), p_channel, p_trigger, p_payload,
-        NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
-    );
-    PERFORM pg_notify(p_pg_channel, '');
+    PERFORM {NOTIFY_ROWS_FUNCTION}(p_channel, p_pg_channel, p_trigger, ARRAY[p_payload]);
 END;
 $$;
 """
 DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, text, jsonb);"
 
-#: The same for every row of one statement: statement-level triggers pass the payloads of
-#: all the rows they saw, in their order.
-NOTIFY_ROWS_FUNCTION = "pgcelery_notify_rows_v1"
+#: Records one notification per payload, in their order, and wakes the bridges LISTENing on
+#: the channel. The wake-up payload is constant, so Postgres folds the wake-ups of one
+#: transaction into one. Statement-level triggers pass all the rows they saw at once.
 CREATE_NOTIFY_ROWS_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {NOTIFY_ROWS_FUNCTION}(
     p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
