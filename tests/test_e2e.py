@@ -71,6 +71,15 @@ def test_bulk_create_of_1000_gives_exactly_1000():
     assert Post.objects.values("author_id").distinct().count() == 1000
 
 
+def test_workers_keep_their_database_connections_between_tasks():
+    for n in range(40):
+        pgcelery.notify("tests.testapp.channels.Ping", n=n)
+    backends = {event.data["backend"] for event in wait_for_events("ping", 40)}
+    # One connection per pool process (two), each possibly renewed once when it passes
+    # CONN_MAX_AGE during the test; a connection per task would give 40.
+    assert 1 <= len(backends) <= 4
+
+
 def test_rolled_back_notifications_are_never_dispatched():
     with pytest.raises(RuntimeError), transaction.atomic():
         Writer.objects.create(name="rolled back")

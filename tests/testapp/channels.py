@@ -91,3 +91,8 @@ class Slow(Channel):
 @dataclass
 class Flaky(Channel):
     failures: int
+
+
+@dataclass
+class Ping(Channel):
+    n: int

@@ -10,6 +10,7 @@ from typing import Any
 import pgtrigger
 from celery import current_task, shared_task
 from celery.signals import task_postrun
+from django.db import connection
 
 import pgcelery
 from pgcelery.messages import ENVELOPE
@@ -19,6 +20,7 @@ from tests.testapp.channels import (
     Flaky,
     LegacyChannel,
     Message,
+    Ping,
     RestaurantChannel,
     Routed,
     SampleChannel,
@@ -165,3 +167,11 @@ def flaky(self, failures: int):
     if self.request.retries < failures:
         raise RuntimeError(f"attempt {self.request.retries} fails")
     record("flaky_done", attempt=self.request.retries)
+
+
+@pgcelery.listener(Ping)
+def ping(n: int):
+    """Records the PostgreSQL backend that served it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        record("ping", n=n, backend=cursor.fetchone()[0])
