@@ -259,16 +259,15 @@ class Bridge:
         except (LookupError, TypeError, ValueError) as exc:
             return f"payload cannot be decoded: {exc}"
         for listener in targets:
+            task_id = messages.task_id(row.uuid, listener.task_name, listener.trigger)
             try:
-                self.publisher.publish(listener, row, self.database)
+                self.publisher.publish(listener, row, self.database, task_id)
             except BrokerUnavailable:
                 raise
             except Exception as exc:  # a message the broker or serializer rejects
                 return f"publishing task {listener.task_name} failed: {exc!r}"
-            logger.debug(
-                "Notification %d on %s -> task %s[%s]", row.id, row.channel, listener.task_name,
-                messages.task_id(row.uuid, listener.task_name, listener.trigger),
-            )
+            logger.debug("Notification %d on %s -> task %s[%s]", row.id, row.channel,
+                         listener.task_name, task_id)
         return None
 
     def _prune_if_due(self) -> None:

@@ -1,17 +1,26 @@
-"""Talking to the broker: one connection for every message the bridge sends."""
+"""Talking to the broker: one connection, each listener's route worked out once.
+
+Messages are the task messages Celery sends (``app.amqp.create_task_message`` and
+``send_task_message``, what ``send_task`` uses), without what only a caller awaiting a
+result needs: the bridge never subscribes to results nor links tasks to a parent. On a
+Redis broker, plain routes skip kombu's per-message publishing (see ``redis_lists``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import kombu.exceptions
-from celery import Celery, current_app
+from celery import Celery, current_app, signals
+from celery.utils.nodenames import anon_nodename
 from django.utils.module_loading import import_string
 from kombu import Connection
 
-from pgcelery import conf, messages
+from pgcelery import conf, messages, redis_lists
 from pgcelery.listeners import Listener
 
 logger = logging.getLogger(__name__)
@@ -19,6 +28,13 @@ logger = logging.getLogger(__name__)
 
 #: Broker operations buffered before a batch is sent early.
 BATCH_OPERATIONS = 5000
+#: Listener options that belong in the message itself rather than in its routing.
+_MESSAGE_OPTIONS = ("countdown", "eta", "expires", "time_limit", "soft_time_limit",
+                    "ignore_result", "shadow")
+#: Receivers of these run for each message Celery sends; messages for them go through it.
+_PUBLISH_SIGNALS = ("before_task_publish", "after_task_publish", "task_sent")
+#: The routing options of a route whose messages can go straight to a Redis list.
+_PLAIN_OPTIONS = {"queue", "serializer", "delivery_mode"}
 
 
 class BrokerUnavailable(Exception):
@@ -31,38 +47,58 @@ def celery_app() -> Celery:
     return import_string(path.replace(":", ".")) if path else current_app._get_current_object()
 
 
+@dataclasses.dataclass
+class Route:
+    """Where and how one listener's tasks are sent, as ``send_task`` would work it out."""
+
+    message_options: dict[str, Any]
+    send_options: dict[str, Any]
+    #: The queue whose Redis list the messages go straight to, when the route allows it.
+    redis_list: str | None = None
+    serializer: str | None = None
+    delivery_mode: Any = None
+
+
 class Publisher:
     """Sends task messages on one broker connection, opened lazily and again after a failure.
 
     Publisher confirms are asked for (AMQP brokers honour them, Redis ignores the option),
     so a send returns only once the broker has the message. Inside :meth:`batch`, a
-    transport that can pipeline (Redis, with kombu ≥ 5.7) sends the messages together.
+    transport that can pipeline (Redis) sends the messages together.
     """
 
     def __init__(self, app: Celery) -> None:
         self.app = app
         self._connection: Connection | None = None
         self._producer = None
+        self._routes: dict[str, Route] = {}
+        self._lists: redis_lists.ListWriter | None = None
 
-    def publish(self, listener: Listener, row: messages.Row, database: str) -> None:
-        """Sends the task of ``listener`` for ``row``.
+    def publish(self, listener: Listener, row: messages.Row, database: str, task_id: str) -> None:
+        """Sends (or, inside :meth:`batch`, buffers) the task of ``listener`` for ``row``.
 
         Raises:
             BrokerUnavailable: if the broker cannot be reached.
         """
         with self._broker_errors():
-            self.app.send_task(
+            route = self._route(listener)
+            message = self.app.amqp.create_task_message(
+                task_id,
                 listener.task_name,
-                kwargs={messages.ENVELOPE: messages.envelope(row, database)},
-                task_id=messages.task_id(row.uuid, listener.task_name, listener.trigger),
-                producer=self._open(),
-                retry=False,
-                add_to_parent=False,
+                (),
+                {messages.ENVELOPE: messages.envelope(row, database)},
                 # What monitoring shows of the arguments; also spares a repr of the payload.
                 argsrepr="()",
                 kwargsrepr=f"{{{messages.ENVELOPE!r}: <notification {row.id} on {row.channel}>}}",
-                **listener.options,
+                **route.message_options,
             )
+            if route.redis_list is not None and self._lists is not None:
+                self._lists.add(route.redis_list, message, route.serializer, route.delivery_mode)
+            else:
+                self.app.amqp.send_task_message(
+                    self._open(), listener.task_name, message, retry=False, declare=[],
+                    **route.send_options,
+                )
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -76,25 +112,86 @@ class Publisher:
             producer = self._open()
             grouped = (producer.batch(max_size=BATCH_OPERATIONS) if hasattr(producer, "batch")
                        else contextlib.nullcontext())
-            with grouped:
-                yield
+            if redis_lists.supports(producer.channel):
+                self._lists = redis_lists.ListWriter(producer.channel)
+            try:
+                with grouped:
+                    yield
+                    if self._lists is not None:
+                        self._lists.flush()
+            finally:
+                self._lists = None
+
+    def _route(self, listener: Listener) -> Route:
+        route = self._routes.get(listener.task_name)
+        if route is None:
+            route = self._routes[listener.task_name] = self._resolve(listener)
+        return route
+
+    def _resolve(self, listener: Listener) -> Route:
+        """Merges the task's own options under the listener's, then asks Celery's router."""
+        task = self.app.tasks.get(listener.task_name)
+        defaults = task._get_exec_options() if task is not None else {}
+        options = {key: value for key, value in defaults.items() if value is not None}
+        options.update(listener.options)
+        message_options = {key: options.pop(key) for key in _MESSAGE_OPTIONS if key in options}
+        # Looked up once: Celery reads each through the Django settings.
+        message_options.update(reply_to=self.app.thread_oid, origin=anon_nodename(),
+                               create_sent_event=self.app.conf.task_send_sent_event)
+        expires = message_options.get("expires")
+        if isinstance(expires, (int, float)):
+            options["expiration"] = max(expires, 0)
+        options = self.app.amqp.router.route(options, listener.task_name, (), {}, task)
+        queue = options.get("queue")
+        if queue is not None and not queue.no_declare:
+            self._open().maybe_declare(queue)
+        route = Route(message_options, options)
+        if self._plain(options):
+            route.redis_list = queue.name
+            route.serializer = options.get("serializer") or self.app.conf.task_serializer
+            route.delivery_mode = (options.get("delivery_mode") or queue.exchange.delivery_mode
+                                   or self.app.conf.task_default_delivery_mode)
+        return route
+
+    def _plain(self, options: dict[str, Any]) -> bool:
+        """Whether messages of a route can go straight to a Redis list: a queue reached
+        through the default exchange, no priority, expiry or compression, and nothing
+        (signal receivers, sent events) that Celery runs for each message it sends."""
+        queue = options.get("queue")
+        return (
+            redis_lists.supports(self._open().channel)
+            and set(options) <= _PLAIN_OPTIONS
+            and queue is not None
+            and queue.exchange.type == "direct"
+            and not self.app.conf.task_compression
+            and not self.app.conf.task_send_sent_event
+            and not any(getattr(signals, name).receivers for name in _PUBLISH_SIGNALS
+                        if hasattr(signals, name))
+        )
 
     @contextlib.contextmanager
     def _broker_errors(self) -> Iterator[None]:
-        """Turns the broker's connection errors into BrokerUnavailable, closing the connection."""
         try:
             yield
-        except BrokerUnavailable:
-            raise
         except Exception as exc:
-            connection = self._connection
-            broker_errors = (kombu.exceptions.OperationalError,)
-            if connection is not None:
-                broker_errors += connection.connection_errors + connection.channel_errors
-            if not isinstance(exc, broker_errors):
+            unavailable = self._unavailable(exc)
+            if unavailable is None:
                 raise
-            self.close()
-            raise BrokerUnavailable(str(exc)) from exc
+            raise unavailable from exc
+
+    def _unavailable(self, exc: Exception) -> BrokerUnavailable | None:
+        """The BrokerUnavailable that a broker connection error stands for (closing the
+        connection); None for any other error."""
+        if isinstance(exc, BrokerUnavailable):
+            return None
+        connection = self._connection
+        broker_errors = (kombu.exceptions.OperationalError,)
+        if connection is not None:
+            broker_errors += connection.connection_errors + connection.channel_errors
+        if not isinstance(exc, broker_errors):
+            return None
+        self.close()
+        return BrokerUnavailable(str(exc))
 
     def _open(self):
         if self._producer is None:
@@ -111,3 +208,4 @@ class Publisher:
         if self._connection is not None:
             self._connection.collect()
         self._connection = self._producer = None
+        self._routes.clear()

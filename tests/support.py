@@ -17,6 +17,7 @@ from urllib.parse import quote
 from celery import current_app
 from django.db import connection
 from kombu import Connection
+from kombu import Message as KombuMessage
 
 from pgcelery import listeners
 
@@ -157,6 +158,17 @@ def queue_length(name: str, broker_url: str | None = None) -> int:
             return conn.default_channel.queue_declare(queue=name, passive=True).message_count
         except conn.channel_errors:
             return 0
+
+
+def take_messages(queue: str) -> list[KombuMessage]:
+    """Every message in ``queue``, in order, as kombu messages whatever the transport."""
+    with current_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        taken = []
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            is_kombu = isinstance(message, KombuMessage)
+            taken.append(message if is_kombu else channel.message_to_python(message))
+        return taken
 
 
 def purge_queues() -> None:

@@ -9,7 +9,6 @@ import pytest
 from celery import Celery, current_app
 from django.core.management import call_command
 from django.db import connection
-from kombu import Message as KombuMessage
 
 import pgcelery
 from pgcelery import messages, sql
@@ -31,23 +30,12 @@ def bridge(transactional_db):
     support.purge_queues()
 
 
-def take_messages(queue):
-    """Every message in ``queue``, as kombu messages whatever the transport."""
-    with current_app.connection_for_write() as conn:
-        channel = conn.default_channel
-        taken = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            is_kombu = isinstance(message, KombuMessage)
-            taken.append(message if is_kombu else channel.message_to_python(message))
-        return taken
-
-
 def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
     pgcelery.notify(WithContext, n=1)
     notification = Notification.objects.get()
     assert bridge.drain() == 1
     assert not Notification.objects.exists()
-    published = {m.headers["task"]: m for m in take_messages("celery")}
+    published = {m.headers["task"]: m for m in support.take_messages("celery")}
     assert sorted(published) == ["tests.testapp.listeners.with_context",
                                  "tests.testapp.listeners.without_context"]
     for task, message in published.items():
@@ -68,7 +56,7 @@ def test_a_wake_up_read_during_a_batch_is_not_lost(bridge):
 def test_dispatch_options_are_on_the_message(bridge):
     pgcelery.notify(Routed, n=1)
     bridge.drain()
-    [message] = take_messages("tests.routed")
+    [message] = support.take_messages("tests.routed")
     assert message.properties["priority"] == 7
     assert message.headers["eta"] is not None
     assert message.headers["expires"] is not None
@@ -89,7 +77,7 @@ def test_rows_that_cannot_be_dispatched_are_kept_as_failed_and_never_block_the_r
     orphan = insert_raw("tests.testapp.channels.WriterChannel", "pgcelery_after_i_0000000000")
     pgcelery.notify(Message, text="after the bad rows")
     assert bridge.drain() == 3
-    [message] = take_messages("celery")
+    [message] = support.take_messages("celery")
     assert message.headers["task"] == "tests.testapp.listeners.message_received"
     failed = dict(Notification.objects.filter(failed_at__isnull=False).values_list("id", "failure"))
     assert sorted(failed) == [unknown, orphan]
@@ -111,7 +99,7 @@ def test_drain_takes_as_many_batches_as_needed(bridge, caplog):
         "Published 5 notification(s).",
     ]
     texts = [json.loads(m.decode()[1][messages.ENVELOPE]["payload"])["text"]
-             for m in take_messages("celery")]
+             for m in support.take_messages("celery")]
     assert sorted(texts, key=int) == [str(n) for n in range(25)]
 
 
@@ -126,7 +114,7 @@ def test_a_bridge_serves_only_the_channels_it_is_given(transactional_db):
     assert list(Notification.objects.values_list("channel", flat=True)) == [
         "tests.testapp.channels.WithContext"
     ]
-    assert [m.headers["task"] for m in take_messages("celery")] == [
+    assert [m.headers["task"] for m in support.take_messages("celery")] == [
         "tests.testapp.listeners.message_received"
     ]
 
@@ -152,9 +140,8 @@ def test_rows_whose_payload_cannot_be_decoded_are_kept_as_failed(bridge):
                           payload="[]")
     pgcelery.notify(Message, text="fine")
     assert bridge.drain() == 4
-    assert [m.decode()[1][messages.ENVELOPE]["payload"] for m in take_messages("celery")] == [
-        '{"text": "fine"}'
-    ]
+    published = support.take_messages("celery")
+    assert [m.decode()[1][messages.ENVELOPE]["payload"] for m in published] == ['{"text": "fine"}']
     failed = dict(Notification.objects.filter(failed_at__isnull=False).values_list("id", "failure"))
     assert failed == {
         wrong_type: "payload cannot be decoded: tests.testapp.channels.Message.text: "
@@ -176,7 +163,7 @@ def test_failed_rows_can_be_retried_or_discarded(bridge):
     # The retry woke the bridge.
     assert bridge._wait(timeout=5) is True
     assert bridge.drain() == 1
-    [message] = take_messages("celery")
+    [message] = support.take_messages("celery")
     assert message.decode()[1][messages.ENVELOPE]["id"] == first
     output = io.StringIO()
     call_command("pgcelery_failed", stdout=output)
@@ -193,7 +180,7 @@ def test_messages_are_published_with_publisher_confirms(bridge):
     assert connection.transport_options["confirm_publish"] is True
     if connection.transport.driver_type == "amqp":
         assert bridge.publisher._producer.channel._confirm_selected is True
-    assert len(take_messages("celery")) == 1
+    assert len(support.take_messages("celery")) == 1
 
 
 def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(bridge):
@@ -204,5 +191,5 @@ def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(brid
     bridge._dispatch_all(rows)
     bridge.pg.rollback()  # the bridge died after publishing, before its commit
     assert bridge.drain() == 1
-    ids = collections.Counter(m.headers["id"] for m in take_messages("celery"))
+    ids = collections.Counter(m.headers["id"] for m in support.take_messages("celery"))
     assert sorted(ids.values()) == [2, 2]
