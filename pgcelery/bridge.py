@@ -1,9 +1,10 @@
 """The bridge: LISTEN, claim a batch of outbox rows, publish their tasks, delete the rows.
 
-A row is deleted in the same transaction that claimed it, after the broker accepted
-its messages; a crash before the commit leaves it to be published again, with the same
-task ids. ``FOR UPDATE SKIP LOCKED`` lets any number of bridges drain one outbox
-without dispatching a row twice. A sweep on a timer covers any missed wake-up.
+A row (one notification, or a chunk of a bulk write's) is deleted in the same transaction
+that claimed it, after the broker accepted its messages; a crash before the commit leaves it
+to be published again, with the same task ids. ``FOR UPDATE SKIP LOCKED`` lets any number
+of bridges drain one outbox without dispatching a row twice. A sweep on a timer covers any
+missed wake-up.
 """
 
 from __future__ import annotations
@@ -220,34 +221,32 @@ class Bridge:
             with self.pg.cursor() as cursor:
                 cursor.execute(query, {**params, "limit": self.batch_size})
                 rows = [messages.Row(*row) for row in cursor.fetchall()]
-                sent, failed = self._dispatch_all(rows)
-                if sent:
-                    cursor.execute(sql.DELETE, [sent])
+                failed = self._dispatch_all(rows)
                 if failed:
-                    cursor.execute(sql.FAIL, [list(failed), list(failed.values())])
+                    cursor.execute(sql.FAIL, [list(column) for column in zip(*failed, strict=True)])
+                if rows:
+                    cursor.execute(sql.DELETE, [sorted({row.id for row in rows})])
             self.pg.commit()
         except BaseException:
             if not self.pg.closed:
                 self.pg.rollback()
             raise
-        if sent:
-            logger.info("Published %d notification(s).", len(sent))
+        if len(rows) > len(failed):
+            logger.info("Published %d notification(s).", len(rows) - len(failed))
         return len(rows)
 
-    def _dispatch_all(self, rows: list[messages.Row]) -> tuple[list[int], dict[int, str]]:
-        sent: list[int] = []
-        failed: dict[int, str] = {}
+    def _dispatch_all(self, rows: list[messages.Row]) -> list[tuple[int, int, str]]:
+        """Publishes the rows' tasks; returns (id, position, reason) of those that failed."""
+        failed: list[tuple[int, int, str]] = []
         if not rows:
-            return sent, failed
+            return failed
         with self.publisher.batch():
             for row in rows:
                 reason = self._dispatch(row)
-                if reason is None:
-                    sent.append(row.id)
-                else:
+                if reason is not None:
                     logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
-                    failed[row.id] = reason
-        return sent, failed
+                    failed.append((row.id, row.position, reason))
+        return failed
 
     def _dispatch(self, row: messages.Row) -> str | None:
         """Publishes the row's tasks; returns why it cannot be, or None once done."""
@@ -259,7 +258,7 @@ class Bridge:
         except (LookupError, TypeError, ValueError) as exc:
             return f"payload cannot be decoded: {exc}"
         for listener in targets:
-            task_id = messages.task_id(row.uuid, listener.task_name, listener.trigger)
+            task_id = messages.task_id(row, listener.task_name, listener.trigger)
             try:
                 self.publisher.publish(listener, row, self.database, task_id)
             except BrokerUnavailable:

@@ -18,9 +18,10 @@ ENVELOPE = "_pgcelery"
 
 
 class Row(typing.NamedTuple):
-    """An outbox row as the bridge claims it."""
+    """One notification as the bridge claims it: an outbox row, or one of a row's chunk."""
 
     id: int
+    position: int
     uuid: uuid.UUID
     channel: str
     trigger: str
@@ -28,9 +29,9 @@ class Row(typing.NamedTuple):
     context: str | None
 
 
-def task_id(notification: uuid.UUID, task_name: str, trigger: str) -> str:
+def task_id(row: Row, task_name: str, trigger: str) -> str:
     """The Celery task id of one listener's run of one notification: a redelivery repeats it."""
-    return str(uuid.uuid5(notification, f"{task_name}|{trigger}"))
+    return str(uuid.uuid5(row.uuid, f"{task_name}|{trigger}|{row.position}"))
 
 
 def envelope(row: Row, database: str) -> dict[str, Any]:

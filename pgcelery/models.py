@@ -1,13 +1,14 @@
-"""The outbox: one row per notification, written in the writer's transaction."""
+"""The outbox: the notifications recorded in the writer's transaction, until published."""
 
 from django.db import models
 
 
 class Notification(models.Model):
-    """A notification recorded by a trigger or :func:`pgcelery.notify`, not yet published.
+    """A notification recorded by a trigger or :func:`pgcelery.notify`, not yet published;
+    or a chunk of them, for the rows of one bulk write.
 
-    The bridge deletes the row once the broker accepted its tasks; a row it cannot
-    dispatch stays, marked failed with the reason.
+    The bridge deletes the row once the broker accepted its tasks; a notification it
+    cannot dispatch stays in a row of its own, marked failed with the reason.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -16,7 +17,13 @@ class Notification(models.Model):
     trigger = models.TextField(
         blank=True, help_text="Name of the trigger that recorded it; empty for notify()."
     )
-    payload = models.JSONField()
+    payload = models.JSONField(
+        help_text="The notification's payload; when size is more than 1, a list of them."
+    )
+    size = models.PositiveIntegerField(
+        default=1,
+        help_text="How many notifications the row holds: a bulk write's rows come in chunks.",
+    )
     context = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField()
     failed_at = models.DateTimeField(null=True, blank=True)

@@ -1,7 +1,8 @@
 """Every SQL statement pgcelery runs, in one place.
 
-Stored functions carry a version suffix: a changed function gets a new name in a new
-migration, so the old and the new release of an app can run side by side in a deploy.
+Stored functions carry a version suffix: a function whose arguments or meaning change for
+its callers (the triggers in apps' migrations) gets a new name in a new migration, so the
+old and the new release of an app can run side by side in a deploy.
 """
 
 OUTBOX = "pgcelery_notification"
@@ -24,18 +25,34 @@ DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, t
 
 #: Records one notification per payload, in their order, and wakes the bridges LISTENing on
 #: the channel. The wake-up payload is constant, so Postgres folds the wake-ups of one
-#: transaction into one. Statement-level triggers pass all the rows they saw at once.
+#: transaction into one. Statement-level triggers pass all the rows they saw at once; they
+#: are stored ROWS_CHUNK to an outbox row, as a JSON array, so a bulk write costs one outbox
+#: insert per chunk instead of one per row. A chunk of one is stored as a plain payload.
+ROWS_CHUNK = 100
 CREATE_NOTIFY_ROWS_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {NOTIFY_ROWS_FUNCTION}(
     p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
 ) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_context jsonb := NULLIF(current_setting('pgcelery.context', true), '')::jsonb;
 BEGIN
+    IF cardinality(p_payloads) = 1 THEN  -- a notify() or a row trigger: no chunking to do
+        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at)
+        VALUES (gen_random_uuid(), p_channel, p_trigger, p_payloads[1], 1, v_context, now());
+    ELSIF cardinality(p_payloads) > 1 THEN
+        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at)
+        SELECT gen_random_uuid(), p_channel, p_trigger,
+               CASE WHEN chunk.size = 1 THEN chunk.payloads -> 0 ELSE chunk.payloads END,
+               chunk.size, v_context, now()
+        FROM (
+            SELECT jsonb_agg(rows.payload ORDER BY rows.position) AS payloads,
+                   count(*) AS size
+            FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
+            GROUP BY (rows.position - 1) / {ROWS_CHUNK}
+            ORDER BY min(rows.position)
+        ) AS chunk;
+    END IF;
     IF cardinality(p_payloads) > 0 THEN
-        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, context, created_at)
-        SELECT gen_random_uuid(), p_channel, p_trigger, rows.payload,
-               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
-        FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
-        ORDER BY rows.position;
         PERFORM pg_notify(p_pg_channel, '');
     END IF;
 END;
@@ -45,6 +62,10 @@ DROP_NOTIFY_ROWS_FUNCTION = (
     f"DROP FUNCTION IF EXISTS {NOTIFY_ROWS_FUNCTION}(text, text, text, jsonb[]);"
 )
 
+#: A row inserted without a size holds one notification, as every row did before chunks.
+SET_SIZE_DEFAULT = f"ALTER TABLE {OUTBOX} ALTER COLUMN size SET DEFAULT 1"
+DROP_SIZE_DEFAULT = f"ALTER TABLE {OUTBOX} ALTER COLUMN size DROP DEFAULT"
+
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
 #: Wakes the bridges listening on a channel, for rows put back in the queue.
@@ -53,28 +74,62 @@ WAKE = "SELECT pg_notify(%s, '')"
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
+#: Locks up to %(limit)s pending rows, keeps those that start before %(limit)s notifications,
+#: and returns their notifications one per result row: (id, position in the row, uuid,
+#: channel, trigger, payload, context). The other locked rows are free again at commit.
 _CLAIM = f"""
-SELECT id, uuid, channel, trigger, payload::text, context::text
-FROM {OUTBOX}
-WHERE failed_at IS NULL{{where}}
-ORDER BY id
-LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
+WITH locked AS (
+    SELECT id, size FROM {OUTBOX}
+    WHERE failed_at IS NULL{{where}}
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), kept AS (
+    SELECT id FROM (
+        SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM locked
+    ) AS counted
+    WHERE before < %(limit)s
+)
+SELECT o.id, n.position, o.uuid, o.channel, o.trigger, n.payload::text, o.context::text
+FROM {OUTBOX} AS o
+JOIN kept USING (id)
+CROSS JOIN LATERAL (
+    SELECT o.payload, 0::bigint WHERE o.size = 1
+    UNION ALL
+    SELECT value, ordinality - 1
+    FROM jsonb_array_elements(CASE WHEN o.size > 1 THEN o.payload END) WITH ORDINALITY
+) AS n (payload, position)
+ORDER BY o.id, n.position
 """
 CLAIM = _CLAIM.format(where="")
 CLAIM_CHANNELS = _CLAIM.format(where=" AND channel = ANY(%(channels)s)")
 
-DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s)"
+#: Deletes the claimed rows, but those FAIL has just marked.
+DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"
 
+#: Keeps the notifications the bridge cannot dispatch as failed rows: a row of one is marked
+#: failed; a notification of a statement's chunk is copied to a failed row of its own.
 FAIL = f"""
-UPDATE {OUTBOX} SET failed_at = now(), failure = data.reason
-FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS reason) AS data
-WHERE {OUTBOX}.id = data.id
+WITH failed AS (
+    SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS failed (id, position, reason)
+), marked AS (
+    UPDATE {OUTBOX} SET failed_at = now(), failure = failed.reason
+    FROM failed
+    WHERE {OUTBOX}.id = failed.id AND {OUTBOX}.size = 1
+)
+INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
+                      failure)
+SELECT gen_random_uuid(), o.channel, o.trigger, o.payload -> failed.position, 1, o.context,
+       o.created_at, now(), failed.reason
+FROM {OUTBOX} AS o
+JOIN failed USING (id)
+WHERE o.size > 1
+ORDER BY failed.id, failed.position
 """
 
 STATUS = f"""
 SELECT channel,
-       count(*) FILTER (WHERE failed_at IS NULL) AS pending,
+       coalesce(sum(size) FILTER (WHERE failed_at IS NULL), 0) AS pending,
        extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL)) AS oldest,
        count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed
 FROM {OUTBOX}

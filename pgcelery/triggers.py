@@ -67,7 +67,8 @@ def _transition_side(when: pgtrigger.When, operation: pgtrigger.Operation,
                      condition: pgtrigger.Condition | None) -> str | None:
     """``"new"`` or ``"old"`` where one statement-level trigger can serve all the rows.
 
-    One call and one outbox insert per statement make bulk writes several times cheaper.
+    One call per statement, and one outbox row per chunk of rows, make bulk writes several
+    times cheaper.
     Postgres gives transition tables only to AFTER triggers of one event with no WHEN
     condition; UPDATE stays row-level, as its old and new rows pair only by a primary
     key that the update may change.

@@ -179,8 +179,10 @@ def purge_queues() -> None:
 
 
 def outbox_pending() -> int:
+    """Notifications waiting in the outbox (a bulk write's rows are stored in chunks)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pgcelery_notification WHERE failed_at IS NULL")
+        cursor.execute("SELECT coalesce(sum(size), 0) FROM pgcelery_notification "
+                       "WHERE failed_at IS NULL")
         return cursor.fetchone()[0]
 
 

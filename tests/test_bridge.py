@@ -18,6 +18,7 @@ from pgcelery.publish import BrokerUnavailable
 from pgcelery.status import channel_status
 from tests import support
 from tests.testapp.channels import Message, Routed, WithContext
+from tests.testapp.models import Writer
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
     assert sorted(published) == ["tests.testapp.listeners.with_context",
                                  "tests.testapp.listeners.without_context"]
     for task, message in published.items():
-        assert message.headers["id"] == messages.task_id(notification.uuid, task, "")
+        row = messages.Row(notification.id, 0, notification.uuid, "", "", "", None)
+        assert message.headers["id"] == messages.task_id(row, task, "")
         args, kwargs, _ = message.decode()
         assert args == []
         assert kwargs[messages.ENVELOPE]["payload"] == '{"n": 1}'
@@ -150,6 +152,25 @@ def test_rows_whose_payload_cannot_be_decoded_are_kept_as_failed(bridge):
                  "'text'",
         not_rows: "payload cannot be decoded: trigger payload is a list, not an object",
     }
+
+
+def test_a_bulk_writes_chunks_give_one_task_per_row_and_keep_a_bad_one_apart(bridge):
+    Writer.objects.bulk_create(Writer(name=str(n)) for n in range(sql.ROWS_CHUNK + 5))
+    first, _ = Notification.objects.order_by("id")
+    with connection.cursor() as cursor:  # the chunk's third notification cannot be decoded
+        cursor.execute("UPDATE pgcelery_notification SET payload = jsonb_set(payload, '{2}', "
+                       "'\"garbage\"') WHERE id = %s", [first.id])
+    # The batch size (10) bounds the notifications claimed, but never splits a chunk.
+    assert bridge.drain() == sql.ROWS_CHUNK + 5
+    published = support.take_messages("celery")
+    names = [json.loads(m.decode()[1][messages.ENVELOPE]["payload"])["new"]["name"]
+             for m in published]
+    assert names == [str(n) for n in range(sql.ROWS_CHUNK + 5) if n != 2]
+    assert len({m.headers["id"] for m in published}) == sql.ROWS_CHUNK + 4
+    [kept] = Notification.objects.all()
+    assert (kept.size, kept.payload, kept.created_at) == (1, "garbage", first.created_at)
+    assert kept.failure == "payload cannot be decoded: trigger payload is a str, not an object"
+    assert [(s["pending"], s["failed"]) for s in channel_status("default")] == [(0, 1)]
 
 
 def test_failed_rows_can_be_retried_or_discarded(bridge):

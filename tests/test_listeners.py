@@ -60,7 +60,7 @@ def envelope_of_last_notification():
         cursor.execute("SELECT payload::text FROM pgcelery_notification WHERE id = %s", [row[0]])
         payload = cursor.fetchone()[0]
     return {messages.ENVELOPE: messages.envelope(
-        messages.Row(row[0], row[1], row[2], row[3], payload, None), "default")}
+        messages.Row(row[0], 0, row[1], row[2], row[3], payload, None), "default")}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -34,7 +34,8 @@ def empty_queues():
 
 
 def row(n: int) -> messages.Row:
-    return messages.Row(n, uuid.uuid4(), MESSAGE.channel, "", json.dumps({"text": f"m{n}"}), None)
+    return messages.Row(n, 0, uuid.uuid4(), MESSAGE.channel, "", json.dumps({"text": f"m{n}"}),
+                        None)
 
 
 def publish(listener: Listener, rows: list[messages.Row]) -> Publisher:

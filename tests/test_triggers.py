@@ -3,6 +3,7 @@ import decimal
 import pytest
 from django.db import connection
 
+from pgcelery import sql
 from pgcelery.models import Notification
 from tests.support import trigger_of
 from tests.testapp.models import Legacy, Restaurant, Sku, Writer
@@ -10,7 +11,13 @@ from tests.testapp.models import Legacy, Restaurant, Sku, Writer
 pytestmark = pytest.mark.django_db
 
 def rows():
-    return list(Notification.objects.order_by("id").values_list("trigger", "payload"))
+    """(trigger, payload) of each recorded notification, the chunks of bulk writes opened."""
+    return [
+        (trigger, each)
+        for trigger, payload, size in Notification.objects.order_by("id").values_list(
+            "trigger", "payload", "size")
+        for each in (payload if size > 1 else [payload])
+    ]
 
 
 def test_each_channel_timing_and_operation_has_its_own_installed_trigger():
@@ -64,9 +71,18 @@ def test_before_save_trigger_never_changes_the_row():
     assert [payload["new"]["price"] for _, payload in rows()] == [1.5, 2.5]
 
 
-def test_bulk_writes_record_one_notification_per_row():
-    Writer.objects.bulk_create(Writer(name=str(n)) for n in range(5))
-    assert len(rows()) == 5
+def test_bulk_writes_record_one_notification_per_row_in_chunks():
+    Writer.objects.bulk_create(Writer(name=str(n)) for n in range(250))
+    assert [payload["new"]["name"] for _, payload in rows()] == [str(n) for n in range(250)]
+    sizes = Notification.objects.order_by("id").values_list("size", flat=True)
+    assert list(sizes) == [sql.ROWS_CHUNK, sql.ROWS_CHUNK, 250 - 2 * sql.ROWS_CHUNK]
+
+
+def test_a_bulk_write_of_one_row_records_a_plain_notification():
+    Writer.objects.bulk_create([Writer(name="alone")])
+    [notification] = Notification.objects.all()
+    assert notification.size == 1
+    assert notification.payload["new"]["name"] == "alone"
 
 
 def test_rows_carry_db_column_names_and_inherited_columns():
