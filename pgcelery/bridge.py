@@ -152,6 +152,8 @@ class Bridge:
         self.pg = psycopg2.connect(**params)
         names = self.channels or listeners.registered_channels()
         with self.pg.cursor() as cursor:
+            cursor.execute(sql.BRIDGE_SESSION)
+            cursor.execute(sql.PREPARE_CLAIM)
             for name in names:
                 cursor.execute(pgsql.SQL("LISTEN {}").format(
                     pgsql.Identifier(channels.pg_channel(name))))
@@ -213,13 +215,9 @@ class Bridge:
         return handled
 
     def _batch(self) -> int:
-        if self.channels:
-            query, params = sql.CLAIM_CHANNELS, {"channels": self.channels}
-        else:
-            query, params = sql.CLAIM, {}
         try:
             with self.pg.cursor() as cursor:
-                cursor.execute(query, {**params, "limit": self.batch_size})
+                cursor.execute(sql.CLAIM, [self.batch_size, self.channels])
                 rows = [messages.Row(*row) for row in cursor.fetchall()]
                 failed = self._dispatch_all(rows)
                 if failed:

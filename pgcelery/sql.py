@@ -74,21 +74,23 @@ WAKE = "SELECT pg_notify(%s, '')"
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
-#: Locks up to %(limit)s pending rows, keeps those that start before %(limit)s notifications,
-#: and returns their notifications one per result row: (id, position in the row, uuid,
-#: channel, trigger, payload, context). The other locked rows are free again at commit.
-_CLAIM = f"""
+#: Locks up to $1 pending rows (of the channels in $2, when not NULL), keeps those that start
+#: before $1 notifications, and returns their notifications one per result row: (id, position
+#: in the row, uuid, channel, trigger, payload, context). The other locked rows are free again
+#: at commit. Prepared once per connection: the bridge runs it for every wake-up.
+PREPARE_CLAIM = f"""
+PREPARE pgcelery_claim (integer, text[]) AS
 WITH locked AS (
     SELECT id, size FROM {OUTBOX}
-    WHERE failed_at IS NULL{{where}}
+    WHERE failed_at IS NULL AND ($2 IS NULL OR channel = ANY($2))
     ORDER BY id
-    LIMIT %(limit)s
+    LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), kept AS (
     SELECT id FROM (
         SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM locked
     ) AS counted
-    WHERE before < %(limit)s
+    WHERE before < $1
 )
 SELECT o.id, n.position, o.uuid, o.channel, o.trigger, n.payload::text, o.context::text
 FROM {OUTBOX} AS o
@@ -101,8 +103,12 @@ CROSS JOIN LATERAL (
 ) AS n (payload, position)
 ORDER BY o.id, n.position
 """
-CLAIM = _CLAIM.format(where="")
-CLAIM_CHANNELS = _CLAIM.format(where=" AND channel = ANY(%(channels)s)")
+CLAIM = "EXECUTE pgcelery_claim (%s, %s)"
+
+#: The bridge's commits only delete or mark rows: if the server crashed before flushing one,
+#: its rows would be published again with the same task ids. Not waiting for the flush takes
+#: a disk sync off every batch.
+BRIDGE_SESSION = "SET synchronous_commit = off"
 
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"

@@ -207,7 +207,7 @@ def test_messages_are_published_with_publisher_confirms(bridge):
 def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(bridge):
     pgcelery.notify(WithContext, n=1)
     with bridge.pg.cursor() as cursor:
-        cursor.execute(sql.CLAIM, {"limit": 10})
+        cursor.execute(sql.CLAIM, [10, None])
         rows = [messages.Row(*row) for row in cursor.fetchall()]
     bridge._dispatch_all(rows)
     bridge.pg.rollback()  # the bridge died after publishing, before its commit
