@@ -9,6 +9,7 @@ list in one LPUSH, through kombu's own client (so key prefixes and Sentinel appl
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Any
 
@@ -34,6 +35,10 @@ class ListWriter:
         self.channel = channel
         self._lists: dict[str, list[str]] = {}
         self._count = self._characters = 0
+        # Delivery tags only need to be unique (kombu keys unacked messages by them): one
+        # random prefix per writer and a counter cost less than a uuid4 per message.
+        self._tag_prefix = uuid.uuid4().hex
+        self._tags = itertools.count()
 
     def add(self, queue: str, message: Any, serializer: str, delivery_mode: Any) -> None:
         """Buffers a Celery task message (``app.amqp.create_task_message``) for ``queue``."""
@@ -50,7 +55,7 @@ class ListWriter:
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "priority": 0,
                 "body_encoding": body_encoding,
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": f"{self._tag_prefix}.{next(self._tags)}",
             },
         })
         self._lists.setdefault(queue, []).append(wire)
