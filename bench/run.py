@@ -252,13 +252,13 @@ def paced(sizes: Sizes, rate: int) -> tuple[Row, Row, Row]:
         latencies = sorted((started - committed[n]) * 1000 for n, started in
                            Hit.objects.filter(via=via, n__gte=0).values_list("n", "started"))
         results[via] = statistics.quantiles(latencies, n=100)
-    rows = []
-    for label, index, target in (("p50", 49, "≤ 1.25× naive"), ("p95", 94, ""),
-                                 ("p99", 98, "≤ 10 ms")):
-        rows.append(Row(f"latency at {rate}/s, commit → task start, {label}",
-                        results["pgcelery"][index], results["naive"][index], " ms", target,
-                        higher_is_better=False))
-    return tuple(rows)
+    # The targets are for the paced 200/s; at 1,000/s the worker's own ceiling is measured.
+    targets = {"p50": "≤ 1.25× naive", "p99": "≤ 10 ms"} if rate == 200 else {}
+    return tuple(
+        Row(f"latency at {rate}/s, commit → task start, {label}", results["pgcelery"][index],
+            results["naive"][index], " ms", targets.get(label, ""), higher_is_better=False)
+        for label, index in (("p50", 49), ("p95", 94), ("p99", 98))
+    )
 
 
 def write_cost(sizes: Sizes) -> tuple[Row, Row]:
