@@ -18,7 +18,7 @@ def celery_app() -> str | None:
 
 
 def batch_size() -> int:
-    """How many outbox rows the bridge claims per round trip."""
+    """How many notifications the bridge claims per round trip (whole chunks, at least one)."""
     return int(getattr(settings, "PGCELERY_BATCH_SIZE", 500))
 
 

@@ -18,11 +18,12 @@ class Notification(models.Model):
         blank=True, help_text="Name of the trigger that recorded it; empty for notify()."
     )
     payload = models.JSONField(
-        help_text="The notification's payload; when size is more than 1, a list of them."
+        help_text="The notification's payload; for a chunk of a bulk write, the list of its rows."
     )
-    size = models.PositiveIntegerField(
-        default=1,
-        help_text="How many notifications the row holds: a bulk write's rows come in chunks.",
+    size = models.PositiveIntegerField(default=1, help_text="How many notifications the row holds.")
+    side = models.TextField(
+        null=True, blank=True,
+        help_text="For a chunk: 'new' or 'old', which rows of the write it holds.",
     )
     context = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField()

@@ -25,34 +25,19 @@ DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, t
 
 #: Records one notification per payload, in their order, and wakes the bridges LISTENing on
 #: the channel. The wake-up payload is constant, so Postgres folds the wake-ups of one
-#: transaction into one. Statement-level triggers pass all the rows they saw at once; they
-#: are stored ROWS_CHUNK to an outbox row, as a JSON array, so a bulk write costs one outbox
-#: insert per chunk instead of one per row. A chunk of one is stored as a plain payload.
-ROWS_CHUNK = 100
+#: transaction into one. Statement-level triggers generated before migration 0002 pass all their
+#: rows at once; newer ones record through the chunks function below.
 CREATE_NOTIFY_ROWS_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {NOTIFY_ROWS_FUNCTION}(
     p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
 ) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    v_context jsonb := NULLIF(current_setting('pgcelery.context', true), '')::jsonb;
 BEGIN
-    IF cardinality(p_payloads) = 1 THEN  -- a notify() or a row trigger: no chunking to do
-        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at)
-        VALUES (gen_random_uuid(), p_channel, p_trigger, p_payloads[1], 1, v_context, now());
-    ELSIF cardinality(p_payloads) > 1 THEN
-        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at)
-        SELECT gen_random_uuid(), p_channel, p_trigger,
-               CASE WHEN chunk.size = 1 THEN chunk.payloads -> 0 ELSE chunk.payloads END,
-               chunk.size, v_context, now()
-        FROM (
-            SELECT jsonb_agg(rows.payload ORDER BY rows.position) AS payloads,
-                   count(*) AS size
-            FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
-            GROUP BY (rows.position - 1) / {ROWS_CHUNK}
-            ORDER BY min(rows.position)
-        ) AS chunk;
-    END IF;
     IF cardinality(p_payloads) > 0 THEN
+        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, context, created_at)
+        SELECT gen_random_uuid(), p_channel, p_trigger, rows.payload,
+               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
+        FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
+        ORDER BY rows.position;
         PERFORM pg_notify(p_pg_channel, '');
     END IF;
 END;
@@ -60,6 +45,40 @@ $$;
 """
 DROP_NOTIFY_ROWS_FUNCTION = (
     f"DROP FUNCTION IF EXISTS {NOTIFY_ROWS_FUNCTION}(text, text, text, jsonb[]);"
+)
+
+#: Records the rows one statement wrote (a statement-level trigger's transition table), as
+#: chunks of at most CHUNK rows, each a JSON array stored in one outbox row with the side
+#: ('new' or 'old') its rows are: a bulk write costs one outbox insert per chunk, and no
+#: per-row wrapping, instead of one of each per row. The bridge opens a chunk into one
+#: notification per row.
+NOTIFY_CHUNKS_FUNCTION = "pgcelery_notify_chunks_v1"
+CHUNK = 100
+CREATE_NOTIFY_CHUNKS_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {NOTIFY_CHUNKS_FUNCTION}(
+    p_channel text, p_pg_channel text, p_trigger text, p_side text, p_chunks jsonb[]
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF cardinality(p_chunks) > 0 THEN
+        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, side, context, created_at)
+        SELECT gen_random_uuid(), p_channel, p_trigger, chunks.chunk,
+               jsonb_array_length(chunks.chunk), p_side,
+               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
+        FROM unnest(p_chunks) WITH ORDINALITY AS chunks (chunk, position)
+        ORDER BY chunks.position;
+        PERFORM pg_notify(p_pg_channel, '');
+    END IF;
+END;
+$$;
+"""
+DROP_NOTIFY_CHUNKS_FUNCTION = (
+    f"DROP FUNCTION IF EXISTS {NOTIFY_CHUNKS_FUNCTION}(text, text, text, text, jsonb[]);"
+)
+
+#: One row of a chunk as a notification's payload, like a row trigger records it.
+_CHUNK_ROW = (
+    "jsonb_build_object('old', CASE WHEN {outbox}.side = 'old' THEN {row} END, "
+    "'new', CASE WHEN {outbox}.side = 'new' THEN {row} END)"
 )
 
 #: A row inserted without a size holds one notification, as every row did before chunks.
@@ -96,10 +115,10 @@ SELECT o.id, n.position, o.uuid, o.channel, o.trigger, n.payload::text, o.contex
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN LATERAL (
-    SELECT o.payload, 0::bigint WHERE o.size = 1
+    SELECT o.payload, 0::bigint WHERE o.side IS NULL
     UNION ALL
-    SELECT value, ordinality - 1
-    FROM jsonb_array_elements(CASE WHEN o.size > 1 THEN o.payload END) WITH ORDINALITY
+    SELECT {_CHUNK_ROW.format(outbox="o", row="value")}, ordinality - 1
+    FROM jsonb_array_elements(CASE WHEN o.side IS NOT NULL THEN o.payload END) WITH ORDINALITY
 ) AS n (payload, position)
 ORDER BY o.id, n.position
 """
@@ -114,22 +133,23 @@ BRIDGE_SESSION = "SET synchronous_commit = off"
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"
 
 #: Keeps the notifications the bridge cannot dispatch as failed rows: a row of one is marked
-#: failed; a notification of a statement's chunk is copied to a failed row of its own.
+#: failed; a row of a chunk is copied to a failed notification of its own.
 FAIL = f"""
 WITH failed AS (
     SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS failed (id, position, reason)
 ), marked AS (
     UPDATE {OUTBOX} SET failed_at = now(), failure = failed.reason
     FROM failed
-    WHERE {OUTBOX}.id = failed.id AND {OUTBOX}.size = 1
+    WHERE {OUTBOX}.id = failed.id AND {OUTBOX}.side IS NULL
 )
 INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
                       failure)
-SELECT gen_random_uuid(), o.channel, o.trigger, o.payload -> failed.position, 1, o.context,
+SELECT gen_random_uuid(), o.channel, o.trigger,
+       {_CHUNK_ROW.format(outbox="o", row="o.payload -> failed.position")}, 1, o.context,
        o.created_at, now(), failed.reason
 FROM {OUTBOX} AS o
 JOIN failed USING (id)
-WHERE o.size > 1
+WHERE o.side IS NOT NULL
 ORDER BY failed.id, failed.position
 """
 

@@ -2,7 +2,8 @@
 
 Each (channel, when, operation, condition) gets one pgtrigger trigger on the channel's
 model, so it lands in the migrations of the app that owns the model. The trigger
-writes the old and new rows to the outbox through the versioned notify function.
+writes the old and new rows to the outbox through a versioned stored function: one
+notification per row event, or, for a statement-level trigger, chunks of its rows.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def _row_json(model: type[models.Model], ref: str) -> str:
     return " || ".join([*parts, f"to_jsonb({ref})"])
 
 
-def _call(function: str, channel: str, trigger: str, payload: str) -> str:
+def _call(function: str, channel: str, trigger: str, *arguments: str) -> str:
     return (
         f"PERFORM {function}({_literal(channel)}, {_literal(channels.pg_channel(channel))}, "
-        f"{_literal(trigger)}, {payload});\n"
+        f"{_literal(trigger)}, {', '.join(arguments)});\n"
     )
 
 
@@ -55,12 +56,16 @@ def _row_func(channel: str, trigger: str, model: type[models.Model]) -> str:
 
 
 def _statement_func(channel: str, trigger: str, model: type[models.Model], side: str) -> str:
-    row = _row_json(model, "r")
-    old, new = ("NULL", row) if side == "new" else (row, "NULL")
-    payloads = (
-        f"ARRAY(SELECT jsonb_build_object('old', {old}, 'new', {new}) FROM {side}_rows AS r)"
+    chunks = (
+        f"ARRAY(SELECT jsonb_agg(rows.row ORDER BY rows.position) FROM ("
+        f"SELECT {_row_json(model, 'r')} AS row, row_number() OVER () AS position "
+        f"FROM {side}_rows AS r) AS rows "
+        f"GROUP BY (rows.position - 1) / {sql.CHUNK} ORDER BY min(rows.position))"
     )
-    return _call(sql.NOTIFY_ROWS_FUNCTION, channel, trigger, payloads) + "RETURN NULL;"
+    return (
+        _call(sql.NOTIFY_CHUNKS_FUNCTION, channel, trigger, _literal(side), chunks)
+        + "RETURN NULL;"
+    )
 
 
 def _transition_side(when: pgtrigger.When, operation: pgtrigger.Operation,

@@ -155,21 +155,22 @@ def test_rows_whose_payload_cannot_be_decoded_are_kept_as_failed(bridge):
 
 
 def test_a_bulk_writes_chunks_give_one_task_per_row_and_keep_a_bad_one_apart(bridge):
-    Writer.objects.bulk_create(Writer(name=str(n)) for n in range(sql.ROWS_CHUNK + 5))
+    Writer.objects.bulk_create(Writer(name=str(n)) for n in range(sql.CHUNK + 5))
     first, _ = Notification.objects.order_by("id")
     with connection.cursor() as cursor:  # the chunk's third notification cannot be decoded
         cursor.execute("UPDATE pgcelery_notification SET payload = jsonb_set(payload, '{2}', "
                        "'\"garbage\"') WHERE id = %s", [first.id])
     # The batch size (10) bounds the notifications claimed, but never splits a chunk.
-    assert bridge.drain() == sql.ROWS_CHUNK + 5
+    assert bridge.drain() == sql.CHUNK + 5
     published = support.take_messages("celery")
     names = [json.loads(m.decode()[1][messages.ENVELOPE]["payload"])["new"]["name"]
              for m in published]
-    assert names == [str(n) for n in range(sql.ROWS_CHUNK + 5) if n != 2]
-    assert len({m.headers["id"] for m in published}) == sql.ROWS_CHUNK + 4
+    assert names == [str(n) for n in range(sql.CHUNK + 5) if n != 2]
+    assert len({m.headers["id"] for m in published}) == sql.CHUNK + 4
     [kept] = Notification.objects.all()
-    assert (kept.size, kept.payload, kept.created_at) == (1, "garbage", first.created_at)
-    assert kept.failure == "payload cannot be decoded: trigger payload is a str, not an object"
+    assert (kept.size, kept.side, kept.created_at) == (1, None, first.created_at)
+    assert kept.payload == {"old": None, "new": "garbage"}
+    assert kept.failure == "payload cannot be decoded: trigger payload has no 'new' row"
     assert [(s["pending"], s["failed"]) for s in channel_status("default")] == [(0, 1)]
 
 

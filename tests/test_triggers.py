@@ -13,10 +13,10 @@ pytestmark = pytest.mark.django_db
 def rows():
     """(trigger, payload) of each recorded notification, the chunks of bulk writes opened."""
     return [
-        (trigger, each)
-        for trigger, payload, size in Notification.objects.order_by("id").values_list(
-            "trigger", "payload", "size")
-        for each in (payload if size > 1 else [payload])
+        (trigger, {"old": None, "new": None, side: row} if side else payload)
+        for trigger, payload, side in Notification.objects.order_by("id").values_list(
+            "trigger", "payload", "side")
+        for row in (payload if side else [None])
     ]
 
 
@@ -74,15 +74,12 @@ def test_before_save_trigger_never_changes_the_row():
 def test_bulk_writes_record_one_notification_per_row_in_chunks():
     Writer.objects.bulk_create(Writer(name=str(n)) for n in range(250))
     assert [payload["new"]["name"] for _, payload in rows()] == [str(n) for n in range(250)]
-    sizes = Notification.objects.order_by("id").values_list("size", flat=True)
-    assert list(sizes) == [sql.ROWS_CHUNK, sql.ROWS_CHUNK, 250 - 2 * sql.ROWS_CHUNK]
-
-
-def test_a_bulk_write_of_one_row_records_a_plain_notification():
-    Writer.objects.bulk_create([Writer(name="alone")])
-    [notification] = Notification.objects.all()
-    assert notification.size == 1
-    assert notification.payload["new"]["name"] == "alone"
+    chunks = Notification.objects.order_by("id").values_list("size", "side")
+    assert list(chunks) == [(sql.CHUNK, "new"), (sql.CHUNK, "new"), (250 - 2 * sql.CHUNK, "new")]
+    Writer.objects.all().delete()
+    deleted = [payload["old"]["name"] for trigger, payload in rows()
+               if trigger == trigger_of("writer_deleted")]
+    assert sorted(deleted, key=int) == [str(n) for n in range(250)]
 
 
 def test_rows_carry_db_column_names_and_inherited_columns():

@@ -2,24 +2,6 @@ from django.db import migrations, models
 
 from pgcelery import sql
 
-#: The rows function as this migration made it (one outbox row per payload); 0002 replaces it.
-CREATE_NOTIFY_ROWS_FUNCTION = """
-CREATE OR REPLACE FUNCTION pgcelery_notify_rows_v1(
-    p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
-) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF cardinality(p_payloads) > 0 THEN
-        INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, context, created_at)
-        SELECT gen_random_uuid(), p_channel, p_trigger, rows.payload,
-               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
-        FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
-        ORDER BY rows.position;
-        PERFORM pg_notify(p_pg_channel, '');
-    END IF;
-END;
-$$;
-"""
-
 
 class Migration(migrations.Migration):
 
@@ -58,5 +40,5 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(sql.CREATE_NOTIFY_FUNCTION, sql.DROP_NOTIFY_FUNCTION),
-        migrations.RunSQL(CREATE_NOTIFY_ROWS_FUNCTION, sql.DROP_NOTIFY_ROWS_FUNCTION),
+        migrations.RunSQL(sql.CREATE_NOTIFY_ROWS_FUNCTION, sql.DROP_NOTIFY_ROWS_FUNCTION),
     ]
