@@ -7,6 +7,7 @@ rows cross the broker exactly as stored. The bridge only checks that it will dec
 
 from __future__ import annotations
 
+import hashlib
 import typing
 import uuid
 from typing import Any
@@ -30,8 +31,17 @@ class Row(typing.NamedTuple):
 
 
 def task_id(row: Row, task_name: str, trigger: str) -> str:
-    """The Celery task id of one listener's run of one notification: a redelivery repeats it."""
-    return str(uuid.uuid5(row.uuid, f"{task_name}|{trigger}|{row.position}"))
+    """The Celery task id of one listener's run of one notification: a redelivery repeats it.
+
+    ``uuid5(row.uuid, "task|trigger|position")``, written out: ``uuid.uuid5`` took a tenth
+    of the bridge's time per message.
+    """
+    name = f"{task_name}|{trigger}|{row.position}".encode()
+    digest = bytearray(hashlib.sha1(row.uuid.bytes + name).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    hexa = digest.hex()
+    return f"{hexa[:8]}-{hexa[8:12]}-{hexa[12:16]}-{hexa[16:20]}-{hexa[20:]}"
 
 
 def envelope(row: Row, database: str) -> dict[str, Any]:
