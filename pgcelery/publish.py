@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: Broker operations buffered before a batch is sent early.
 BATCH_OPERATIONS = 5000
-#: Listener options that belong in the message itself rather than in its routing.
-_MESSAGE_OPTIONS = ("countdown", "eta", "expires", "time_limit", "soft_time_limit",
-                    "ignore_result", "shadow")
+#: Options (the listener's, or its task's own) that belong in the message itself rather
+#: than in its routing.
+_MESSAGE_OPTIONS = ("countdown", "expires", "time_limit", "soft_time_limit")
 #: Receivers of these run for each message Celery sends; messages for them go through it.
 _PUBLISH_SIGNALS = ("before_task_publish", "after_task_publish", "task_sent")
 #: The routing options of a route whose messages can go straight to a Redis list.
@@ -171,27 +171,20 @@ class Publisher:
 
     @contextlib.contextmanager
     def _broker_errors(self) -> Iterator[None]:
+        """Turns the broker's connection errors into BrokerUnavailable, closing the connection."""
         try:
             yield
+        except BrokerUnavailable:
+            raise
         except Exception as exc:
-            unavailable = self._unavailable(exc)
-            if unavailable is None:
+            connection = self._connection
+            broker_errors = (kombu.exceptions.OperationalError,)
+            if connection is not None:
+                broker_errors += connection.connection_errors + connection.channel_errors
+            if not isinstance(exc, broker_errors):
                 raise
-            raise unavailable from exc
-
-    def _unavailable(self, exc: Exception) -> BrokerUnavailable | None:
-        """The BrokerUnavailable that a broker connection error stands for (closing the
-        connection); None for any other error."""
-        if isinstance(exc, BrokerUnavailable):
-            return None
-        connection = self._connection
-        broker_errors = (kombu.exceptions.OperationalError,)
-        if connection is not None:
-            broker_errors += connection.connection_errors + connection.channel_errors
-        if not isinstance(exc, broker_errors):
-            return None
-        self.close()
-        return BrokerUnavailable(str(exc))
+            self.close()
+            raise BrokerUnavailable(str(exc)) from exc
 
     def _open(self):
         if self._producer is None:

@@ -75,10 +75,11 @@ DROP_NOTIFY_CHUNKS_FUNCTION = (
     f"DROP FUNCTION IF EXISTS {NOTIFY_CHUNKS_FUNCTION}(text, text, text, text, jsonb[]);"
 )
 
-#: One row of a chunk as a notification's payload, like a row trigger records it.
+#: One row of a chunk (outbox row ``o``) as a notification's payload, like a row trigger
+#: records it.
 _CHUNK_ROW = (
-    "jsonb_build_object('old', CASE WHEN {outbox}.side = 'old' THEN {row} END, "
-    "'new', CASE WHEN {outbox}.side = 'new' THEN {row} END)"
+    "jsonb_build_object('old', CASE WHEN o.side = 'old' THEN {row} END, "
+    "'new', CASE WHEN o.side = 'new' THEN {row} END)"
 )
 
 #: A row inserted without a size holds one notification, as every row did before chunks.
@@ -117,7 +118,7 @@ JOIN kept USING (id)
 CROSS JOIN LATERAL (
     SELECT o.payload, 0::bigint WHERE o.side IS NULL
     UNION ALL
-    SELECT {_CHUNK_ROW.format(outbox="o", row="value")}, ordinality - 1
+    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1
     FROM jsonb_array_elements(CASE WHEN o.side IS NOT NULL THEN o.payload END) WITH ORDINALITY
 ) AS n (payload, position)
 ORDER BY o.id, n.position
@@ -145,7 +146,7 @@ WITH failed AS (
 INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
                       failure)
 SELECT gen_random_uuid(), o.channel, o.trigger,
-       {_CHUNK_ROW.format(outbox="o", row="o.payload -> failed.position")}, 1, o.context,
+       {_CHUNK_ROW.format(row="o.payload -> failed.position")}, 1, o.context,
        o.created_at, now(), failed.reason
 FROM {OUTBOX} AS o
 JOIN failed USING (id)

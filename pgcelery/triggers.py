@@ -73,10 +73,9 @@ def _transition_side(when: pgtrigger.When, operation: pgtrigger.Operation,
     """``"new"`` or ``"old"`` where one statement-level trigger can serve all the rows.
 
     One call per statement, and one outbox row per chunk of rows, make bulk writes several
-    times cheaper.
-    Postgres gives transition tables only to AFTER triggers of one event with no WHEN
-    condition; UPDATE stays row-level, as its old and new rows pair only by a primary
-    key that the update may change.
+    times cheaper. Postgres gives transition tables only to AFTER triggers of one event with
+    no WHEN condition; UPDATE stays row-level, as its old and new rows pair only by a
+    primary key that the update may change.
     """
     if str(when) != "AFTER" or condition is not None:
         return None
