@@ -5,6 +5,10 @@ that claimed it, after the broker accepted its messages; a crash before the comm
 to be published again, with the same task ids. ``FOR UPDATE SKIP LOCKED`` lets any number
 of bridges drain one outbox without dispatching a row twice. A sweep on a timer covers any
 missed wake-up.
+
+One bridge drains the outboxes of several databases, each through its own connector
+(connection, LISTEN, transactions, backoff), in one wait over all their sockets; a
+database that goes down leaves the others served.
 """
 
 from __future__ import annotations
@@ -15,22 +19,18 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from typing import Any
 
-import psycopg2
 from celery import Celery
-from django.db import connections
-from psycopg2 import sql as pgsql
 
-from pgcelery import channels, conf, listeners, messages, sql
+from pgcelery import channels, conf, listeners, messages
+from pgcelery.connector import Connector, Failure, connector_for
 from pgcelery.publish import BrokerUnavailable, Publisher
 
 logger = logging.getLogger(__name__)
 
 #: How often ``atomic=True`` task records past their retention are pruned.
 PRUNE_INTERVAL = 3600.0
-_DRIVER_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
-#: How the bridge's connection shows in pg_stat_activity.
-APPLICATION_NAME = "pgcelery_bridge"
 
 
 class Backoff:
@@ -48,54 +48,89 @@ class Backoff:
         self.failures = 0
 
 
+class Dependency:
+    """A database or the broker as the bridge sees it: up, or down until ``retry_at``."""
+
+    def __init__(self, name: str, max_backoff: float) -> None:
+        self.name = name
+        self.backoff = Backoff(max_backoff)
+        self.retry_at = 0.0
+        self.down = False
+
+    def failed(self, exc: Exception) -> None:
+        """Logs the outage once, and puts off the next attempt by the backoff's delay."""
+        if not self.down:
+            logger.error("%s unavailable (%s); retrying with backoff.", self.name, exc)
+            self.down = True
+        self.retry_at = time.monotonic() + self.backoff.next_delay()
+
+    def succeeded(self) -> None:
+        if self.down:
+            logger.info("%s available again.", self.name)
+            self.down = False
+        self.backoff.reset()
+        self.retry_at = 0.0
+
+
+class Outbox:
+    """The outbox of one database as the bridge drains it."""
+
+    def __init__(self, connector: Connector, max_backoff: float) -> None:
+        self.connector = connector
+        self.alias = connector.alias
+        self.health = Dependency(f"Database {connector.alias!r}", max_backoff)
+        #: When to claim next without a wake-up; 0 is at once.
+        self.sweep_at = 0.0
+        self.pruned_at: float | None = None
+
+    def next_turn(self) -> float:
+        return self.sweep_at if self.connector.connected else self.health.retry_at
+
+
 class Bridge:
-    """Turns the outbox of one database into Celery task messages until stopped."""
+    """Turns the outboxes of one or more databases into Celery task messages until stopped."""
 
     def __init__(
         self,
         app: Celery,
         *,
-        database: str | None = None,
+        databases: Sequence[str] | None = None,
         channels: Sequence[str] | None = None,
         batch_size: int | None = None,
         sweep_interval: float | None = None,
     ) -> None:
-        self.database = database or conf.database()
+        max_backoff = conf.max_backoff()
+        aliases = list(databases) if databases else conf.databases()
+        self.outboxes = [Outbox(connector_for(alias), max_backoff) for alias in aliases]
         self.channels = list(channels) if channels else None
         self.batch_size = batch_size or conf.batch_size()
         self.sweep_interval = sweep_interval or conf.sweep_interval()
         self.publisher = Publisher(app)
-        self.pg: psycopg2.extensions.connection | None = None
+        self.broker = Dependency("Broker", max_backoff)
         self.stopping = False
         # Signals write to _wake_w (set_wakeup_fd), so a stop ends any wait at once.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._last_prune = 0.0
-        self._outage: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def run(self) -> None:
         """Serves until SIGTERM or SIGINT; finishes the batch in hand, then returns."""
         previous = self._install_signal_handlers()
-        backoff = Backoff(conf.max_backoff())
         logger.info(
-            "Bridge started on database %r for %s.",
-            self.database,
+            "Bridge started on %s %s for %s.",
+            "database" if len(self.outboxes) == 1 else "databases",
+            ", ".join(repr(outbox.alias) for outbox in self.outboxes),
             ", ".join(self.channels) if self.channels else "all channels",
         )
         try:
             while not self.stopping:
-                try:
-                    self._serve(backoff)
-                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    self._close_database()
-                    self._report_outage("database", exc)
-                    self._sleep(backoff.next_delay())
-                except BrokerUnavailable as exc:
-                    self._report_outage("broker", exc)
-                    self._sleep(backoff.next_delay())
+                for outbox in self.outboxes:
+                    if self.stopping:
+                        break
+                    self._turn(outbox)
+                self._wait(self._next_turn() - time.monotonic())
         finally:
             self.close()
             self._restore_signal_handlers(previous)
@@ -104,149 +139,146 @@ class Bridge:
     def stop(self, *_: object) -> None:
         self.stopping = True
 
-    def _install_signal_handlers(self):
-        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def connect(self) -> None:
+        """Connects every outbox now, raising what a connection raises."""
+        for outbox in self.outboxes:
+            self._connect(outbox)
+
+    def close(self) -> None:
+        """Closes the database and broker connections."""
+        for outbox in self.outboxes:
+            outbox.connector.close()
+        self.publisher.close()
+
+    def _install_signal_handlers(self) -> dict[Any, Any]:
+        previous: dict[Any, Any] = {
+            sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
         previous["fd"] = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         return previous
 
     @staticmethod
-    def _restore_signal_handlers(previous) -> None:
+    def _restore_signal_handlers(previous: dict[Any, Any]) -> None:
         signal.set_wakeup_fd(previous.pop("fd"))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    def _report_outage(self, what: str, exc: Exception) -> None:
-        if self._outage != what:
-            logger.error("%s unavailable (%s); retrying with backoff.", what.capitalize(), exc)
-            self._outage = what
+    # -- one turn per outbox -----------------------------------------------------------
 
-    def _recovered(self, backoff: Backoff) -> None:
-        if self._outage is not None:
-            logger.info("%s available again.", self._outage.capitalize())
-            self._outage = None
-        backoff.reset()
+    def _turn(self, outbox: Outbox) -> None:
+        """Drains ``outbox`` if it is due, reconnecting first if its connection was lost."""
+        now = time.monotonic()
+        if now < outbox.next_turn() or now < self.broker.retry_at:
+            return
+        try:
+            if not outbox.connector.connected:
+                self._connect(outbox)
+            self._drain(outbox)
+            self._prune_if_due(outbox)
+        except outbox.connector.errors as exc:
+            outbox.connector.close()
+            outbox.health.failed(exc)
+            return
+        except BrokerUnavailable as exc:
+            self.broker.failed(exc)
+            return
+        outbox.health.succeeded()
+        self.broker.succeeded()
+        outbox.sweep_at = time.monotonic() + self.sweep_interval
 
-    def _sleep(self, seconds: float) -> None:
-        """Sleeps, waking early for a stop signal."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping and (left := deadline - time.monotonic()) > 0:
-            select.select([self._wake_r], [], [], left)
-            self._drain_wakeups()
+    def _connect(self, outbox: Outbox) -> None:
+        names = self.channels or listeners.registered_channels()
+        outbox.connector.connect(channels.pg_channel(name) for name in names)
 
-    def _drain_wakeups(self) -> None:
+    def _next_turn(self) -> float:
+        return max(min(outbox.next_turn() for outbox in self.outboxes), self.broker.retry_at)
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def _wait(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a wake-up; returns whether one came.
+
+        An outbox woken is due at once. Wake-ups read off a socket while a batch ran end
+        the wait at once, since their rows may have committed after the batch's claim.
+        """
+        connected = [outbox for outbox in self.outboxes if outbox.connector.connected]
+        if self._woken(connected):
+            return True
+        if timeout <= 0:
+            return False
+        ready, _, _ = select.select([self._wake_r, *(o.connector for o in connected)], [], [],
+                                    timeout)
+        if self._wake_r in ready:
+            self._drain_signal_wakeups()
+        return self._woken([outbox for outbox in connected if outbox.connector in ready])
+
+    def _woken(self, outboxes: list[Outbox]) -> bool:
+        woken = False
+        for outbox in outboxes:
+            try:
+                wakeups = outbox.connector.wakeups()
+            except outbox.connector.errors as exc:
+                outbox.connector.close()
+                outbox.health.failed(exc)
+                continue
+            for pg_channel, payload in wakeups:
+                if payload:
+                    logger.warning("Ignored a wake-up with an unexpected payload on channel "
+                                   "%r: %.200r", pg_channel, payload)
+            if wakeups:
+                outbox.sweep_at = 0.0
+                woken = True
+        return woken
+
+    def _drain_signal_wakeups(self) -> None:
         try:
             while self._wake_r.recv(4096):
                 pass
         except BlockingIOError:
             pass
 
-    # -- database ----------------------------------------------------------------------
-
-    def connect(self) -> None:
-        """Opens the database connection and LISTENs on the served channels."""
-        params = connections[self.database].get_connection_params()
-        for key in _DRIVER_ONLY_PARAMS:
-            params.pop(key, None)
-        params.setdefault("connect_timeout", 10)
-        params["application_name"] = APPLICATION_NAME
-        self.pg = psycopg2.connect(**params)
-        names = self.channels or listeners.registered_channels()
-        with self.pg.cursor() as cursor:
-            cursor.execute(sql.BRIDGE_SESSION)
-            cursor.execute(sql.PREPARE_CLAIM)
-            for name in names:
-                cursor.execute(pgsql.SQL("LISTEN {}").format(
-                    pgsql.Identifier(channels.pg_channel(name))))
-        # LISTEN takes effect at commit: committed before the first read of the outbox,
-        # so no notification committed after that read can go unnoticed.
-        self.pg.commit()
-
-    def close(self) -> None:
-        """Closes the database and broker connections."""
-        self._close_database()
-        self.publisher.close()
-
-    def _close_database(self) -> None:
-        if self.pg is not None and not self.pg.closed:
-            self.pg.close()
-        self.pg = None
-
-    def _serve(self, backoff: Backoff) -> None:
-        if self.pg is None:
-            self.connect()
-        while not self.stopping:
-            self.drain()
-            self._recovered(backoff)
-            self._prune_if_due()
-            self._wait(self.sweep_interval)
-
-    def _wait(self, timeout: float) -> bool:
-        """Waits up to ``timeout`` seconds for a wake-up; returns whether one came.
-
-        Wake-ups read off the socket while a batch ran are already in ``notifies``: they
-        end the wait at once, since their rows may have committed after the batch's claim.
-        """
-        if not self.pg.notifies:
-            ready, _, _ = select.select([self.pg, self._wake_r], [], [], timeout)
-            if self._wake_r in ready:
-                self._drain_wakeups()
-            if self.pg in ready:
-                self.pg.poll()
-        woken = bool(self.pg.notifies)
-        for notify in self.pg.notifies:
-            if notify.payload:
-                logger.warning(
-                    "Ignored a wake-up with an unexpected payload on channel %r: %.200r",
-                    notify.channel, notify.payload,
-                )
-        self.pg.notifies.clear()
-        return woken
-
     # -- draining ----------------------------------------------------------------------
 
     def drain(self) -> int:
-        """Publishes every pending row, batch after batch; returns how many rows it handled."""
+        """Publishes every pending row of every connected outbox; returns how many it handled."""
+        return sum(self._drain(outbox) for outbox in self.outboxes
+                   if outbox.connector.connected)
+
+    def _drain(self, outbox: Outbox) -> int:
         handled = 0
         while not self.stopping:
-            count = self._batch()
+            count = self._batch(outbox)
             handled += count
             if count < self.batch_size:
                 break
         return handled
 
-    def _batch(self) -> int:
-        try:
-            with self.pg.cursor() as cursor:
-                cursor.execute(sql.CLAIM, [self.batch_size, self.channels])
-                rows = [messages.Row(*row) for row in cursor.fetchall()]
-                failed = self._dispatch_all(rows)
-                if failed:
-                    cursor.execute(sql.FAIL, [list(column) for column in zip(*failed, strict=True)])
-                if rows:
-                    cursor.execute(sql.DELETE, [sorted({row.id for row in rows})])
-            self.pg.commit()
-        except BaseException:
-            if not self.pg.closed:
-                self.pg.rollback()
-            raise
+    def _batch(self, outbox: Outbox) -> int:
+        connector = outbox.connector
+        with connector.transaction():
+            rows = connector.claim(self.batch_size, self.channels)
+            failed = self._dispatch_all(rows, outbox.alias)
+            connector.fail(failed)
+            if rows:
+                connector.delete(row.id for row in rows)
         if len(rows) > len(failed):
             logger.info("Published %d notification(s).", len(rows) - len(failed))
         return len(rows)
 
-    def _dispatch_all(self, rows: list[messages.Row]) -> list[tuple[int, int, str]]:
+    def _dispatch_all(self, rows: list[messages.Row], database: str) -> list[Failure]:
         """Publishes the rows' tasks; returns (id, position, reason) of those that failed."""
-        failed: list[tuple[int, int, str]] = []
+        failed: list[Failure] = []
         if not rows:
             return failed
         with self.publisher.batch():
             for row in rows:
-                reason = self._dispatch(row)
+                reason = self._dispatch(row, database)
                 if reason is not None:
                     logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
                     failed.append((row.id, row.position, reason))
         return failed
 
-    def _dispatch(self, row: messages.Row) -> str | None:
+    def _dispatch(self, row: messages.Row, database: str) -> str | None:
         """Publishes the row's tasks; returns why it cannot be, or None once done."""
         targets = listeners.listeners_for(row.channel, row.trigger)
         if not targets:
@@ -258,7 +290,7 @@ class Bridge:
         for listener in targets:
             task_id = messages.task_id(row, listener.task_name, listener.trigger)
             try:
-                self.publisher.publish(listener, row, self.database, task_id)
+                self.publisher.publish(listener, row, database, task_id)
             except BrokerUnavailable:
                 raise
             except Exception as exc:  # a message the broker or serializer rejects
@@ -267,14 +299,12 @@ class Bridge:
                          listener.task_name, task_id)
         return None
 
-    def _prune_if_due(self) -> None:
+    def _prune_if_due(self, outbox: Outbox) -> None:
         now = time.monotonic()
-        if now - self._last_prune < PRUNE_INTERVAL:
+        if outbox.pruned_at is not None and now - outbox.pruned_at < PRUNE_INTERVAL:
             return
-        with self.pg.cursor() as cursor:
-            cursor.execute(sql.PRUNE_TASK_RECORDS, [conf.atomic_retention()])
-        self.pg.commit()
-        self._last_prune = now
+        outbox.connector.prune(conf.atomic_retention())
+        outbox.pruned_at = now
 
 
 def _no_listener_reason(row: messages.Row) -> str:

@@ -1,40 +1,137 @@
-"""Every ``PGCELERY_*`` setting, read in one place, each with its default."""
+"""Every ``PGCELERY_*`` setting, read and checked in one place, each with its default.
+
+Each function raises ``ImproperlyConfigured`` naming the setting and its value when the
+value is unusable; :func:`check` reads them all, so a command stops at start rather than
+spinning on a batch size of 0 or busy-looping on a sweep interval of 0.
+"""
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
+from typing import Any
 
+from celery import Celery
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from django.utils.module_loading import import_string
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def _invalid(name: str, value: Any, expected: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name} must be {expected}; it is {value!r}.")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an integer of at least 1; ``name`` is what the message calls it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _invalid(name, value, "an integer of at least 1")
+    return value
+
+
+def positive_seconds(name: str, value: Any) -> float:
+    """``value`` as a number of seconds above 0; ``name`` is what the message calls it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _invalid(name, value, "a number of seconds greater than 0")
+    return float(value)
+
+
+def database_alias(name: str, value: Any) -> str:
+    """``value`` as the alias of a PostgreSQL database in ``DATABASES``."""
+    if not isinstance(value, str) or value not in settings.DATABASES:
+        known = ", ".join(map(repr, settings.DATABASES))
+        raise _invalid(name, value, f"an alias of settings.DATABASES ({known})")
+    vendor = connections[value].vendor
+    if vendor != "postgresql":
+        raise _invalid(name, value, f"a PostgreSQL database (it is {vendor})")
+    return value
+
+
+def database_aliases(name: str, value: Any) -> list[str]:
+    """``value`` as a non-empty list of distinct PostgreSQL database aliases."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise _invalid(name, value, "a non-empty list of database aliases")
+    aliases = [database_alias(name, alias) for alias in value]
+    if len(set(aliases)) != len(aliases):
+        raise _invalid(name, value, "a list of distinct database aliases")
+    return aliases
 
 
 def database() -> str:
-    """The database alias the bridge drains and ``atomic`` listeners use by default."""
-    return getattr(settings, "PGCELERY_DATABASE", "default")
+    """The database the bridge drains when ``PGCELERY_DATABASES`` is not set.
+
+    ``atomic=True`` listeners do not use it: they run on the database their notification
+    came from.
+    """
+    return database_alias("PGCELERY_DATABASE", _setting("PGCELERY_DATABASE", "default"))
 
 
-def celery_app() -> str | None:
-    """Dotted path of the Celery app the bridge publishes with (``None``: the current app)."""
-    return getattr(settings, "PGCELERY_CELERY_APP", None)
+def databases() -> list[str]:
+    """The databases one bridge drains: ``PGCELERY_DATABASES``, or ``[PGCELERY_DATABASE]``."""
+    value = _setting("PGCELERY_DATABASES", None)
+    if value is None:
+        return [database()]
+    return database_aliases("PGCELERY_DATABASES", value)
+
+
+def celery_app() -> Celery | None:
+    """The Celery app named by ``PGCELERY_CELERY_APP`` (``None``: the current app)."""
+    path = _setting("PGCELERY_CELERY_APP", None)
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise _invalid("PGCELERY_CELERY_APP", path, "the dotted path of a Celery app")
+    try:
+        app = import_string(path.replace(":", "."))
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"PGCELERY_CELERY_APP is {path!r}, which cannot be imported ({exc}). "
+            "Set it to the dotted path of your Celery app, e.g. 'proj.celery.app'."
+        ) from exc
+    if not isinstance(app, Celery):
+        raise _invalid("PGCELERY_CELERY_APP", path, "the dotted path of a Celery app")
+    return app
 
 
 def batch_size() -> int:
     """How many notifications the bridge claims per round trip (whole chunks, at least one)."""
-    return int(getattr(settings, "PGCELERY_BATCH_SIZE", 500))
+    return positive_int("PGCELERY_BATCH_SIZE", _setting("PGCELERY_BATCH_SIZE", 500))
 
 
 def sweep_interval() -> float:
     """Seconds between sweeps of the outbox when no wake-up arrives."""
-    return float(getattr(settings, "PGCELERY_SWEEP_INTERVAL", 5.0))
+    return positive_seconds("PGCELERY_SWEEP_INTERVAL", _setting("PGCELERY_SWEEP_INTERVAL", 5.0))
 
 
 def max_backoff() -> float:
     """Ceiling, in seconds, of the bridge's reconnect backoff."""
-    return float(getattr(settings, "PGCELERY_MAX_BACKOFF", 30.0))
+    return positive_seconds("PGCELERY_MAX_BACKOFF", _setting("PGCELERY_MAX_BACKOFF", 30.0))
 
 
 def atomic_retention() -> datetime.timedelta:
     """How long ``atomic=True`` listeners remember the task ids they ran."""
-    value = getattr(settings, "PGCELERY_ATOMIC_RETENTION", datetime.timedelta(days=7))
+    value = _setting("PGCELERY_ATOMIC_RETENTION", datetime.timedelta(days=7))
     if isinstance(value, datetime.timedelta):
+        if value <= datetime.timedelta(0):
+            raise _invalid("PGCELERY_ATOMIC_RETENTION", value, "a duration greater than 0")
         return value
-    return datetime.timedelta(seconds=float(value))
+    seconds = positive_seconds("PGCELERY_ATOMIC_RETENTION", value)
+    return datetime.timedelta(seconds=seconds)
+
+
+def check() -> None:
+    """Reads every setting the bridge uses.
+
+    Raises:
+        ImproperlyConfigured: naming the first setting whose value is unusable.
+    """
+    databases()
+    celery_app()
+    batch_size()
+    sweep_interval()
+    max_backoff()
+    atomic_retention()

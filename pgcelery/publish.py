@@ -17,7 +17,6 @@ from typing import Any
 import kombu.exceptions
 from celery import Celery, current_app, signals
 from celery.utils.nodenames import anon_nodename
-from django.utils.module_loading import import_string
 from kombu import Connection
 
 from pgcelery import conf, messages, redis_lists
@@ -43,8 +42,7 @@ class BrokerUnavailable(Exception):
 
 def celery_app() -> Celery:
     """The Celery app of the project: ``PGCELERY_CELERY_APP`` or the current app."""
-    path = conf.celery_app()
-    return import_string(path.replace(":", ".")) if path else current_app._get_current_object()
+    return conf.celery_app() or current_app._get_current_object()
 
 
 @dataclasses.dataclass

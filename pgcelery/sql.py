@@ -6,6 +6,22 @@ old and the new release of an app can run side by side in a deploy.
 """
 
 OUTBOX = "pgcelery_notification"
+
+
+def literal(value: str) -> str:
+    """``value`` as an SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def listen(pg_channel: str) -> str:
+    return f"LISTEN {identifier(pg_channel)}"
+
+
 TASK_RECORDS = "pgcelery_taskrecord"
 
 #: Records one notification: the one-row case of the rows function below, which holds the
@@ -112,7 +128,7 @@ WITH locked AS (
     ) AS counted
     WHERE before < $1
 )
-SELECT o.id, n.position, o.uuid, o.channel, o.trigger, n.payload::text, o.context::text
+SELECT o.id, n.position, o.uuid::text, o.channel, o.trigger, n.payload::text, o.context::text
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN LATERAL (

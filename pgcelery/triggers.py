@@ -18,20 +18,12 @@ from pgcelery import channels, sql
 _OPERATION_CODES = {"INSERT": "i", "UPDATE": "u", "DELETE": "d", "TRUNCATE": "t"}
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 def _row_json(model: type[models.Model], ref: str) -> str:
     """SQL for the jsonb of row ``ref`` (OLD or NEW), with its multi-table ancestors' columns."""
-    own_pk = f"{ref}.{_quote(model._meta.pk.column)}"
+    own_pk = f"{ref}.{sql.identifier(model._meta.pk.column)}"
     parts = [
-        f"COALESCE((SELECT to_jsonb(a) FROM {_quote(parent._meta.db_table)} AS a "
-        f"WHERE a.{_quote(parent._meta.pk.column)} = {own_pk}), '{{}}'::jsonb)"
+        f"COALESCE((SELECT to_jsonb(a) FROM {sql.identifier(parent._meta.db_table)} AS a "
+        f"WHERE a.{sql.identifier(parent._meta.pk.column)} = {own_pk}), '{{}}'::jsonb)"
         for parent in reversed(model._meta.get_parent_list())
     ]
     return " || ".join([*parts, f"to_jsonb({ref})"])
@@ -39,8 +31,8 @@ def _row_json(model: type[models.Model], ref: str) -> str:
 
 def _call(function: str, channel: str, trigger: str, *arguments: str) -> str:
     return (
-        f"PERFORM {function}({_literal(channel)}, {_literal(channels.pg_channel(channel))}, "
-        f"{_literal(trigger)}, {', '.join(arguments)});\n"
+        f"PERFORM {function}({sql.literal(channel)}, {sql.literal(channels.pg_channel(channel))}, "
+        f"{sql.literal(trigger)}, {', '.join(arguments)});\n"
     )
 
 
@@ -63,7 +55,7 @@ def _statement_func(channel: str, trigger: str, model: type[models.Model], side:
         f"GROUP BY (rows.position - 1) / {sql.CHUNK} ORDER BY min(rows.position))"
     )
     return (
-        _call(sql.NOTIFY_CHUNKS_FUNCTION, channel, trigger, _literal(side), chunks)
+        _call(sql.NOTIFY_CHUNKS_FUNCTION, channel, trigger, sql.literal(side), chunks)
         + "RETURN NULL;"
     )
 

@@ -1,7 +1,21 @@
-"""The example project's settings plus the test app."""
+"""The example project's settings plus the test app.
+
+``PGCELERY_TEST_DRIVER`` picks the PostgreSQL driver when both are installed: Django
+prefers psycopg 3, so ``psycopg2`` (the default) hides it, and ``psycopg`` hides psycopg2,
+as in a project that only installed psycopg 3.
+"""
+
+import os
+import sys
 
 from proj.settings import *  # noqa: F403
 from proj.settings import INSTALLED_APPS
+
+_DRIVERS = {"psycopg2": "psycopg", "psycopg": "psycopg2"}
+_driver = os.environ.get("PGCELERY_TEST_DRIVER", "psycopg2")
+if _driver not in _DRIVERS:
+    raise RuntimeError(f"PGCELERY_TEST_DRIVER must be one of {sorted(_DRIVERS)}, not {_driver!r}.")
+sys.modules[_DRIVERS[_driver]] = None  # type: ignore[assignment]  # importing it now fails
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 # Long enough that tests pass only if LISTEN wake-ups work.

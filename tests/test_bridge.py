@@ -207,11 +207,10 @@ def test_messages_are_published_with_publisher_confirms(bridge):
 
 def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(bridge):
     pgcelery.notify(WithContext, n=1)
-    with bridge.pg.cursor() as cursor:
-        cursor.execute(sql.CLAIM, [10, None])
-        rows = [messages.Row(*row) for row in cursor.fetchall()]
-    bridge._dispatch_all(rows)
-    bridge.pg.rollback()  # the bridge died after publishing, before its commit
+    [outbox] = bridge.outboxes
+    with pytest.raises(RuntimeError), outbox.connector.transaction():
+        bridge._dispatch_all(outbox.connector.claim(10, None), "default")
+        raise RuntimeError("the bridge died after publishing, before its commit")
     assert bridge.drain() == 1
     ids = collections.Counter(m.headers["id"] for m in support.take_messages("celery"))
     assert sorted(ids.values()) == [2, 2]

@@ -21,7 +21,7 @@ from celery import current_app
 from django.db import connection, transaction
 
 import pgcelery
-from pgcelery.bridge import APPLICATION_NAME
+from pgcelery.connector import APPLICATION_NAME
 from tests import support
 from tests.testapp.channels import Counted, Flaky, Message, Slow
 from tests.testapp.listeners import count_once
@@ -173,8 +173,8 @@ def test_a_lost_database_connection_is_reopened_and_caught_up(worker, spawn):
     support.settle()
     assert bridge.stop() == 0
     assert_each_ran_once(200)
-    assert bridge.log().count("Database unavailable") == 1
-    assert bridge.log().count("Database available again") == 1
+    assert bridge.log().count("Database 'default' unavailable") == 1
+    assert bridge.log().count("Database 'default' available again") == 1
 
 
 @pytest.mark.parametrize("bridges", [2, 3])

@@ -1,12 +1,12 @@
 import datetime
 import select
 
-import psycopg2
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.transaction import TransactionManagementError
 
 import pgcelery
+from pgcelery.connector import connector_for
 from pgcelery.models import Notification
 from tests.testapp.channels import Message, WithContext
 from tests.testapp.models import Writer
@@ -49,17 +49,14 @@ def test_notify_on_an_explicit_database():
 
 @pytest.mark.django_db(transaction=True)
 def test_notify_wakes_listeners_once_per_transaction_with_an_empty_payload():
-    listener = psycopg2.connect(**connection.get_connection_params())
-    listener.autocommit = True
-    listener.cursor().execute('LISTEN "tests.testapp.channels.Message"')
+    listener = connector_for("default")
+    listener.connect(["tests.testapp.channels.Message"])
     with transaction.atomic():
         for n in range(3):
             pgcelery.notify(Message, text=str(n))
     assert select.select([listener], [], [], 10) != ([], [], [])
-    listener.poll()
-    assert [(n.channel, n.payload) for n in listener.notifies] == [
-        ("tests.testapp.channels.Message", "")
-    ]
+    assert listener.wakeups() == [("tests.testapp.channels.Message", "")]
+    listener.close()
     listener.close()
 
 

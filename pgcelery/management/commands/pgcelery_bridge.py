@@ -2,6 +2,7 @@
 
 import logging
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from pgcelery import channels, conf
@@ -18,26 +19,29 @@ class Command(BaseCommand):
             help="Dotted channel names to serve; other channels' rows are left to other bridges.",
         )
         parser.add_argument(
-            "--database", default=None,
-            help="Database alias to drain (default: PGCELERY_DATABASE).",
+            "--database", nargs="+", metavar="ALIAS", dest="databases",
+            help="Database aliases to drain (default: PGCELERY_DATABASES).",
         )
         parser.add_argument(
             "--loglevel", default="INFO",
             choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper,
         )
 
-    def handle(self, *args, channel_names: list[str] | None, database: str | None,
+    def handle(self, *args, channel_names: list[str] | None, databases: list[str] | None,
                loglevel: str, **options) -> None:
         logging.basicConfig(
             level=logging.WARNING,
             format="[%(asctime)s: %(levelname)s/pgcelery_bridge] %(message)s",
         )
         logging.getLogger("pgcelery").setLevel(loglevel)
-        for name in channel_names or ():
-            try:
+        try:
+            conf.check()
+            if databases:
+                conf.database_aliases("--database", databases)
+            for name in channel_names or ():
                 channels.resolve(name)
-            except (LookupError, TypeError) as exc:
-                raise CommandError(str(exc)) from exc
+        except (ImproperlyConfigured, LookupError, TypeError) as exc:
+            raise CommandError(str(exc)) from exc
         app = celery_app()
         logging.getLogger(__name__).info("Publishing to %s", app.connection_for_write().as_uri())
-        Bridge(app, database=database or conf.database(), channels=channel_names).run()
+        Bridge(app, databases=databases, channels=channel_names).run()

@@ -1,0 +1,184 @@
+"""The database side of the bridge: one connection to one database's outbox.
+
+The bridge connects, LISTENs, waits, claims, fails, deletes and prunes through this small
+interface, so its loop never touches a driver. psycopg2 and psycopg 3 each implement the
+few calls where they differ; the driver is the one Django uses for the database, so a
+project on psycopg 3 needs no psycopg2.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import datetime
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from django.db import connections
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+from pgcelery import messages, sql
+
+#: Connection parameters Django passes that only its own cursors and adapters use.
+_DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
+#: How the bridge's connections show in pg_stat_activity.
+APPLICATION_NAME = "pgcelery_bridge"
+
+#: A wake-up as received: (pg channel, payload).
+Wakeup = tuple[str, str]
+#: A notification the bridge could not dispatch: (row id, position in the row, reason).
+Failure = tuple[int, int, str]
+
+
+class Connector(abc.ABC):
+    """One connection of the bridge to the outbox of database ``alias``.
+
+    Attributes:
+        errors: The driver's exceptions meaning the database is unreachable or the
+            connection was lost; the bridge reconnects with backoff on them.
+    """
+
+    errors: tuple[type[Exception], ...]
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._connection: Any = None
+        self._wakeups: list[Wakeup] = []
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def connect(self, pg_channels: Iterable[str]) -> None:
+        """Opens the connection and LISTENs on ``pg_channels``."""
+        params = connections[self.alias].get_connection_params()
+        for key in _DJANGO_ONLY_PARAMS:
+            params.pop(key, None)
+        params.setdefault("connect_timeout", 10)
+        params["application_name"] = APPLICATION_NAME
+        self._connection = self._open(params)
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.BRIDGE_SESSION)
+            cursor.execute(sql.PREPARE_CLAIM)
+            for name in pg_channels:
+                cursor.execute(sql.listen(name))
+        # LISTEN takes effect at commit: committed before the first claim, so no
+        # notification committed after that claim can go unnoticed.
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(*self.errors):
+                self._connection.close()
+        self._connection = None
+        self._wakeups.clear()
+
+    def fileno(self) -> int:
+        """The connection's socket, to wait on with ``select``."""
+        return int(self._connection.fileno())
+
+    def wakeups(self) -> list[Wakeup]:
+        """The wake-ups received since the last call, read off the socket without blocking.
+
+        Those that arrived during a claim are included: their rows may have committed
+        after it.
+        """
+        self._read_wakeups()
+        taken, self._wakeups = self._wakeups, []
+        return taken
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commits what ran inside, or rolls it back on any exception."""
+        try:
+            yield
+            self._connection.commit()
+        except BaseException:
+            if self._connection is not None and not self._connection.closed:
+                with contextlib.suppress(*self.errors):
+                    self._connection.rollback()
+            raise
+
+    def claim(self, limit: int, channels: Sequence[str] | None) -> list[messages.Row]:
+        """Locks pending rows holding up to ``limit`` notifications (of ``channels``)."""
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql.CLAIM, [limit, list(channels) if channels else None])
+            return [
+                messages.Row(row_id, position, uuid.UUID(seed), *rest)
+                for row_id, position, seed, *rest in cursor.fetchall()
+            ]
+
+    def fail(self, failures: Sequence[Failure]) -> None:
+        """Keeps the claimed notifications that cannot be dispatched as failed rows."""
+        if failures:
+            columns = [list(column) for column in zip(*failures, strict=True)]
+            with self._connection.cursor() as cursor:
+                cursor.execute(sql.FAIL, columns)
+
+    def delete(self, ids: Iterable[int]) -> None:
+        """Deletes the claimed rows, but those :meth:`fail` has just marked."""
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql.DELETE, [sorted(set(ids))])
+
+    def prune(self, retention: datetime.timedelta) -> None:
+        """Forgets the ``atomic=True`` task ids older than ``retention``."""
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.PRUNE_TASK_RECORDS, [retention])
+
+    @abc.abstractmethod
+    def _open(self, params: dict[str, Any]) -> Any:
+        """A new driver connection from Django's connection parameters."""
+
+    @abc.abstractmethod
+    def _read_wakeups(self) -> None:
+        """Moves the wake-ups waiting on the socket into ``self._wakeups``."""
+
+
+class Psycopg2Connector(Connector):
+    def __init__(self, alias: str) -> None:
+        import psycopg2
+
+        super().__init__(alias)
+        self._psycopg2 = psycopg2
+        self.errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+    def _open(self, params: dict[str, Any]) -> Any:
+        return self._psycopg2.connect(**params)
+
+    def _read_wakeups(self) -> None:
+        # psycopg2 keeps what it read during queries in ``notifies``, too.
+        self._connection.poll()
+        self._wakeups.extend((n.channel, n.payload) for n in self._connection.notifies)
+        self._connection.notifies.clear()
+
+
+class PsycopgConnector(Connector):
+    """psycopg 3, with client-side binding so the claim's ``EXECUTE`` takes parameters."""
+
+    def __init__(self, alias: str) -> None:
+        import psycopg
+
+        super().__init__(alias)
+        self._psycopg = psycopg
+        self.errors = (psycopg.OperationalError, psycopg.InterfaceError)
+
+    def _open(self, params: dict[str, Any]) -> Any:
+        connection = self._psycopg.connect(
+            **params, cursor_factory=self._psycopg.ClientCursor, prepare_threshold=None
+        )
+        # Called for the wake-ups psycopg reads while it runs a query.
+        connection.add_notify_handler(
+            lambda notify: self._wakeups.append((notify.channel, notify.payload))
+        )
+        return connection
+
+    def _read_wakeups(self) -> None:
+        pgconn = self._connection.pgconn
+        pgconn.consume_input()
+        while (notify := pgconn.notifies()) is not None:
+            self._wakeups.append((notify.relname.decode(), notify.extra.decode()))
+
+
+def connector_for(alias: str) -> Connector:
+    """A connector for database ``alias``, on the driver Django uses for it."""
+    return PsycopgConnector(alias) if is_psycopg3 else Psycopg2Connector(alias)
