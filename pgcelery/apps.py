@@ -19,3 +19,4 @@ class PgceleryConfig(AppConfig):
         # Importing the listeners registers their triggers (for makemigrations) and their
         # tasks (for the bridge and the workers) without the user importing them.
         autodiscover_modules("listeners")
+        from pgcelery import checks  # noqa: F401 - registers the system checks

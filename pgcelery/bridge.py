@@ -201,16 +201,19 @@ class Bridge:
         An outbox woken is due at once. Wake-ups read off a socket while a batch ran end
         the wait at once, since their rows may have committed after the batch's claim.
         """
-        connected = [outbox for outbox in self.outboxes if outbox.connector.connected]
-        if self._woken(connected):
+        if self._woken(self._connected()):
             return True
         if timeout <= 0:
             return False
+        connected = self._connected()  # without any lost while reading wake-ups
         ready, _, _ = select.select([self._wake_r, *(o.connector for o in connected)], [], [],
                                     timeout)
         if self._wake_r in ready:
             self._drain_signal_wakeups()
         return self._woken([outbox for outbox in connected if outbox.connector in ready])
+
+    def _connected(self) -> list[Outbox]:
+        return [outbox for outbox in self.outboxes if outbox.connector.connected]
 
     def _woken(self, outboxes: list[Outbox]) -> bool:
         woken = False
@@ -241,8 +244,7 @@ class Bridge:
 
     def drain(self) -> int:
         """Publishes every pending row of every connected outbox; returns how many it handled."""
-        return sum(self._drain(outbox) for outbox in self.outboxes
-                   if outbox.connector.connected)
+        return sum(self._drain(outbox) for outbox in self._connected())
 
     def _drain(self, outbox: Outbox) -> int:
         handled = 0

@@ -69,7 +69,7 @@ class Publisher:
         self.app = app
         self._connection: Connection | None = None
         self._producer = None
-        self._routes: dict[str, Route] = {}
+        self._routes: dict[Listener, Route] = {}
         self._lists: redis_lists.ListWriter | None = None
 
     def publish(self, listener: Listener, row: messages.Row, database: str, task_id: str) -> None:
@@ -121,9 +121,9 @@ class Publisher:
                 self._lists = None
 
     def _route(self, listener: Listener) -> Route:
-        route = self._routes.get(listener.task_name)
+        route = self._routes.get(listener)
         if route is None:
-            route = self._routes[listener.task_name] = self._resolve(listener)
+            route = self._routes[listener] = self._resolve(listener)
         return route
 
     def _resolve(self, listener: Listener) -> Route:

@@ -1,11 +1,13 @@
-"""Every SQL statement pgcelery runs, in one place.
+"""Every SQL statement pgcelery runs at run time, in one place.
 
+What migrations install (tables, stored functions) is frozen in the migrations themselves.
 Stored functions carry a version suffix: a function whose arguments or meaning change for
 its callers (the triggers in apps' migrations) gets a new name in a new migration, so the
 old and the new release of an app can run side by side in a deploy.
 """
 
 OUTBOX = "pgcelery_notification"
+TASK_RECORDS = "pgcelery_taskrecord"
 
 
 def literal(value: str) -> str:
@@ -22,74 +24,17 @@ def listen(pg_channel: str) -> str:
     return f"LISTEN {identifier(pg_channel)}"
 
 
-TASK_RECORDS = "pgcelery_taskrecord"
-
-#: Records one notification: the one-row case of the rows function below, which holds the
-#: outbox insert and the wake-up for both.
+#: The stored functions the triggers in apps' migrations call, each created by the pgcelery
+#: migration named here; their SQL lives, frozen, in that migration.
 NOTIFY_FUNCTION = "pgcelery_notify_v1"
-NOTIFY_ROWS_FUNCTION = "pgcelery_notify_rows_v1"
-CREATE_NOTIFY_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION {NOTIFY_FUNCTION}(
-    p_channel text, p_pg_channel text, p_trigger text, p_payload jsonb
-) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM {NOTIFY_ROWS_FUNCTION}(p_channel, p_pg_channel, p_trigger, ARRAY[p_payload]);
-END;
-$$;
-"""
-DROP_NOTIFY_FUNCTION = f"DROP FUNCTION IF EXISTS {NOTIFY_FUNCTION}(text, text, text, jsonb);"
-
-#: Records one notification per payload, in their order, and wakes the bridges LISTENing on
-#: the channel. The wake-up payload is constant, so Postgres folds the wake-ups of one
-#: transaction into one. Statement-level triggers generated before migration 0002 pass all their
-#: rows at once; newer ones record through the chunks function below.
-CREATE_NOTIFY_ROWS_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION {NOTIFY_ROWS_FUNCTION}(
-    p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
-) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF cardinality(p_payloads) > 0 THEN
-        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, context, created_at)
-        SELECT gen_random_uuid(), p_channel, p_trigger, rows.payload,
-               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
-        FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
-        ORDER BY rows.position;
-        PERFORM pg_notify(p_pg_channel, '');
-    END IF;
-END;
-$$;
-"""
-DROP_NOTIFY_ROWS_FUNCTION = (
-    f"DROP FUNCTION IF EXISTS {NOTIFY_ROWS_FUNCTION}(text, text, text, jsonb[]);"
-)
-
-#: Records the rows one statement wrote (a statement-level trigger's transition table), as
-#: chunks of at most CHUNK rows, each a JSON array stored in one outbox row with the side
-#: ('new' or 'old') its rows are: a bulk write costs one outbox insert per chunk, and no
-#: per-row wrapping, instead of one of each per row. The bridge opens a chunk into one
-#: notification per row.
 NOTIFY_CHUNKS_FUNCTION = "pgcelery_notify_chunks_v1"
+FUNCTION_MIGRATIONS = {
+    NOTIFY_FUNCTION: "0001_initial",
+    "pgcelery_notify_rows_v1": "0001_initial",
+    NOTIFY_CHUNKS_FUNCTION: "0002_notification_size",
+}
+#: Rows of a bulk write per chunk (one outbox row); statement triggers group them so.
 CHUNK = 100
-CREATE_NOTIFY_CHUNKS_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION {NOTIFY_CHUNKS_FUNCTION}(
-    p_channel text, p_pg_channel text, p_trigger text, p_side text, p_chunks jsonb[]
-) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF cardinality(p_chunks) > 0 THEN
-        INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, side, context, created_at)
-        SELECT gen_random_uuid(), p_channel, p_trigger, chunks.chunk,
-               jsonb_array_length(chunks.chunk), p_side,
-               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
-        FROM unnest(p_chunks) WITH ORDINALITY AS chunks (chunk, position)
-        ORDER BY chunks.position;
-        PERFORM pg_notify(p_pg_channel, '');
-    END IF;
-END;
-$$;
-"""
-DROP_NOTIFY_CHUNKS_FUNCTION = (
-    f"DROP FUNCTION IF EXISTS {NOTIFY_CHUNKS_FUNCTION}(text, text, text, text, jsonb[]);"
-)
 
 #: One row of a chunk (outbox row ``o``) as a notification's payload, like a row trigger
 #: records it.
@@ -97,10 +42,6 @@ _CHUNK_ROW = (
     "jsonb_build_object('old', CASE WHEN o.side = 'old' THEN {row} END, "
     "'new', CASE WHEN o.side = 'new' THEN {row} END)"
 )
-
-#: A row inserted without a size holds one notification, as every row did before chunks.
-SET_SIZE_DEFAULT = f"ALTER TABLE {OUTBOX} ALTER COLUMN size SET DEFAULT 1"
-DROP_SIZE_DEFAULT = f"ALTER TABLE {OUTBOX} ALTER COLUMN size DROP DEFAULT"
 
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
@@ -170,24 +111,32 @@ WHERE o.side IS NOT NULL
 ORDER BY failed.id, failed.position
 """
 
+#: One row per channel: pending notifications, the oldest one's age, failed rows and the
+#: first $1 of them as a JSON array of {"id", "reason"}. One statement, so one snapshot: a
+#: failure committed meanwhile is in the counts and the list, or in neither.
 STATUS = f"""
-SELECT channel,
-       coalesce(sum(size) FILTER (WHERE failed_at IS NULL), 0) AS pending,
-       extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL)) AS oldest,
-       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed
-FROM {OUTBOX}
-GROUP BY channel
-ORDER BY channel
-"""
-
-FAILURES = f"""
-SELECT channel, id, failure FROM (
+WITH failures AS (
     SELECT channel, id, failure,
            row_number() OVER (PARTITION BY channel ORDER BY id) AS n
     FROM {OUTBOX} WHERE failed_at IS NOT NULL
-) AS failed
-WHERE n <= %s
-ORDER BY channel, id
+)
+SELECT counts.channel, counts.pending, counts.oldest, counts.failed,
+       coalesce(listed.failures, '[]')::text
+FROM (
+    SELECT channel,
+           coalesce(sum(size) FILTER (WHERE failed_at IS NULL), 0) AS pending,
+           extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))
+               AS oldest,
+           count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed
+    FROM {OUTBOX}
+    GROUP BY channel
+) AS counts
+LEFT JOIN LATERAL (
+    SELECT json_agg(json_build_object('id', id, 'reason', failure) ORDER BY id) AS failures
+    FROM failures
+    WHERE failures.channel = counts.channel AND failures.n <= %s
+) AS listed ON true
+ORDER BY counts.channel
 """
 
 #: Claims a task id for an ``atomic=True`` run; a concurrent claim of the same id waits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.db import connections
@@ -15,20 +16,15 @@ FAILURES_SHOWN = 20
 def channel_status(database: str) -> list[dict[str, Any]]:
     """One entry per channel with rows in the outbox, in the ``pgcelery_status --json`` shape."""
     with connections[database].cursor() as cursor:
-        cursor.execute(sql.STATUS)
+        cursor.execute(sql.STATUS, [FAILURES_SHOWN])
         rows = cursor.fetchall()
-        cursor.execute(sql.FAILURES, [FAILURES_SHOWN])
-        failures = cursor.fetchall()
-    result = {
-        channel: {
+    return [
+        {
             "channel": channel,
             "pending": pending,
             "oldest_pending_seconds": round(float(oldest), 3) if oldest is not None else None,
             "failed": failed,
-            "failures": [],
+            "failures": json.loads(failures),
         }
-        for channel, pending, oldest, failed in rows
-    }
-    for channel, notification_id, reason in failures:
-        result[channel]["failures"].append({"id": notification_id, "reason": reason})
-    return list(result.values())
+        for channel, pending, oldest, failed, failures in rows
+    ]

@@ -9,7 +9,7 @@ import os
 import sys
 
 from proj.settings import *  # noqa: F403
-from proj.settings import INSTALLED_APPS
+from proj.settings import DATABASES, INSTALLED_APPS, database_from_url
 
 _DRIVERS = {"psycopg2": "psycopg", "psycopg": "psycopg2"}
 _driver = os.environ.get("PGCELERY_TEST_DRIVER", "psycopg2")
@@ -18,5 +18,11 @@ if _driver not in _DRIVERS:
 sys.modules[_DRIVERS[_driver]] = None  # type: ignore[assignment]  # importing it now fails
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+# A second database, for one bridge draining several.
+DATABASES["other"] = {
+    **DATABASES["default"],
+    **(database_from_url(os.environ["OTHER_DATABASE_URL"]) if "OTHER_DATABASE_URL" in os.environ
+       else {"NAME": DATABASES["default"]["NAME"] + "_other"}),
+}
 # Long enough that tests pass only if LISTEN wake-ups work.
 PGCELERY_SWEEP_INTERVAL = 300.0

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from celery import current_app
-from django.db import connection
+from django.db import connection, connections
 from kombu import Connection
 from kombu import Message as KombuMessage
 
@@ -46,6 +46,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="tests.settings",
         PYTHONPATH=os.pathsep.join([str(ROOT), str(EXAMPLE)]),
         DATABASE_URL=database_url(connection.settings_dict),
+        OTHER_DATABASE_URL=database_url(connections["other"].settings_dict),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
@@ -178,9 +179,9 @@ def purge_queues() -> None:
                 conn.default_channel.queue_purge(name)
 
 
-def outbox_pending() -> int:
+def outbox_pending(using: str = "default") -> int:
     """Notifications waiting in the outbox (a bulk write's rows are stored in chunks)."""
-    with connection.cursor() as cursor:
+    with connections[using].cursor() as cursor:
         cursor.execute("SELECT coalesce(sum(size), 0) FROM pgcelery_notification "
                        "WHERE failed_at IS NULL")
         return cursor.fetchone()[0]

@@ -13,8 +13,9 @@ from django.db import connection
 import pgcelery
 from pgcelery import messages, sql
 from pgcelery.bridge import Bridge
+from pgcelery.listeners import Listener
 from pgcelery.models import Notification
-from pgcelery.publish import BrokerUnavailable
+from pgcelery.publish import BrokerUnavailable, Publisher
 from pgcelery.status import channel_status
 from tests import support
 from tests.testapp.channels import Message, Routed, WithContext
@@ -214,3 +215,21 @@ def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(brid
     assert bridge.drain() == 1
     ids = collections.Counter(m.headers["id"] for m in support.take_messages("celery"))
     assert sorted(ids.values()) == [2, 2]
+
+
+def test_one_task_on_two_channels_keeps_each_listeners_route(transactional_db):
+    """Routes belong to a listener, not to its task: the same task, two queues."""
+    support.purge_queues()
+    task = "tests.testapp.listeners.message_received"
+    to_stats = Listener(task, "tests.testapp.channels.Message", "", {"queue": "stats"})
+    to_routed = Listener(task, "tests.testapp.channels.Routed", "", {"queue": "tests.routed"})
+    publisher = Publisher(current_app._get_current_object())
+    try:
+        with publisher.batch():
+            for n, listener in enumerate([to_stats, to_routed, to_stats]):
+                row = messages.Row(n, 0, uuid.uuid4(), listener.channel, "", "{}", None)
+                publisher.publish(listener, row, "default", f"task-{n}")
+    finally:
+        publisher.close()
+    assert [m.headers["id"] for m in support.take_messages("stats")] == ["task-0", "task-2"]
+    assert [m.headers["id"] for m in support.take_messages("tests.routed")] == ["task-1"]

@@ -2,9 +2,10 @@ import json
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 import pgcelery
+from pgcelery.status import channel_status
 from tests import support
 from tests.testapp.channels import Message
 
@@ -62,3 +63,30 @@ def test_status_exits_1_when_it_cannot_tell():
             cursor.execute(f'DROP DATABASE "{name}"')
     assert unmigrated.returncode == 1
     assert "manage.py migrate pgcelery" in unmigrated.stderr
+
+
+def test_counts_and_failures_come_from_one_snapshot():
+    """A failure committed between two reads of the status is in both or in neither."""
+    writer = connections.create_connection("default")
+    landed = []
+
+    def a_failure_lands_after_each_statement(execute, statement, params, many, context):
+        result = execute(statement, params, many, context)
+        with writer.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at, "
+                "failed_at, failure) VALUES (%s, %s, '', '{}', now(), now(), 'late')",
+                [uuid.uuid4(), f"x.channels.Late{len(landed)}"],
+            )
+        landed.append(statement)
+        return result
+
+    try:
+        with connection.execute_wrapper(a_failure_lands_after_each_statement):
+            status = channel_status("default")
+    finally:
+        writer.close()
+    assert landed
+    for entry in status:
+        assert entry["failed"] == len(entry["failures"]), entry
+    assert len(channel_status("default")) == len(landed)

@@ -1,6 +1,45 @@
+"""The outbox, the task records of ``atomic=True`` listeners, and the functions triggers call.
+
+Frozen: the SQL below is what this migration installs, for good. A change to a function
+is a new function with the next version suffix, in a new migration.
+"""
+
 from django.db import migrations, models
 
-from pgcelery import sql
+CREATE_NOTIFY_ROWS_FUNCTION = """
+CREATE OR REPLACE FUNCTION pgcelery_notify_rows_v1(
+    p_channel text, p_pg_channel text, p_trigger text, p_payloads jsonb[]
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF cardinality(p_payloads) > 0 THEN
+        INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, context, created_at)
+        SELECT gen_random_uuid(), p_channel, p_trigger, rows.payload,
+               NULLIF(current_setting('pgcelery.context', true), '')::jsonb, now()
+        FROM unnest(p_payloads) WITH ORDINALITY AS rows (payload, position)
+        ORDER BY rows.position;
+        PERFORM pg_notify(p_pg_channel, '');
+    END IF;
+END;
+$$;
+"""
+
+DROP_NOTIFY_ROWS_FUNCTION = """
+DROP FUNCTION IF EXISTS pgcelery_notify_rows_v1(text, text, text, jsonb[]);
+"""
+
+CREATE_NOTIFY_FUNCTION = """
+CREATE OR REPLACE FUNCTION pgcelery_notify_v1(
+    p_channel text, p_pg_channel text, p_trigger text, p_payload jsonb
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgcelery_notify_rows_v1(p_channel, p_pg_channel, p_trigger, ARRAY[p_payload]);
+END;
+$$;
+"""
+
+DROP_NOTIFY_FUNCTION = """
+DROP FUNCTION IF EXISTS pgcelery_notify_v1(text, text, text, jsonb);
+"""
 
 
 class Migration(migrations.Migration):
@@ -39,6 +78,6 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(condition=models.Q(('failed_at__isnull', True)), fields=['id'], name='pgcelery_pending_idx')],
             },
         ),
-        migrations.RunSQL(sql.CREATE_NOTIFY_FUNCTION, sql.DROP_NOTIFY_FUNCTION),
-        migrations.RunSQL(sql.CREATE_NOTIFY_ROWS_FUNCTION, sql.DROP_NOTIFY_ROWS_FUNCTION),
+        migrations.RunSQL(CREATE_NOTIFY_FUNCTION, DROP_NOTIFY_FUNCTION),
+        migrations.RunSQL(CREATE_NOTIFY_ROWS_FUNCTION, DROP_NOTIFY_ROWS_FUNCTION),
     ]

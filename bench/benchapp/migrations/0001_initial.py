@@ -10,6 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
+        ('pgcelery', '0001_initial'),
     ]
 
     operations = [

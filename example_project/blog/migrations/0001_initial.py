@@ -11,6 +11,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
+        ('pgcelery', '0001_initial'),
     ]
 
     operations = [

@@ -12,6 +12,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
+        ('pgcelery', '0001_initial'),
     ]
 
     operations = [

@@ -1,0 +1,116 @@
+"""One bridge draining the outboxes of two real databases."""
+
+import json
+
+import pytest
+from celery import current_app
+from django.db import connections
+
+import pgcelery
+from pgcelery import messages
+from pgcelery.bridge import Bridge
+from pgcelery.models import Notification, TaskRecord
+from tests import support
+from tests.testapp.channels import Counted, Message
+from tests.testapp.models import Event
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+
+
+@pytest.fixture
+def bridge():
+    support.purge_queues()
+    bridge = Bridge(current_app._get_current_object(), databases=["default", "other"])
+    bridge.connect()
+    yield bridge
+    bridge.close()
+    support.purge_queues()
+
+
+def published_envelopes():
+    return [m.decode()[1][messages.ENVELOPE] for m in support.take_messages("celery")]
+
+
+def test_each_database_is_drained_with_its_own_rows(bridge):
+    pgcelery.notify(Message, text="in default")
+    pgcelery.notify(Message, text="in other", using="other")
+    assert bridge.drain() == 2
+    published = support.take_messages("celery")
+    envelopes = [m.decode()[1][messages.ENVELOPE] for m in published]
+    assert sorted((json.loads(e["payload"])["text"], e["database"]) for e in envelopes) == [
+        ("in default", "default"), ("in other", "other"),
+    ]
+    # Task ids are each database's own, even where row ids coincide.
+    assert len({m.headers["id"] for m in published}) == 2
+    assert not Notification.objects.using("default").exists()
+    assert not Notification.objects.using("other").exists()
+
+
+def test_one_wait_covers_every_database(bridge):
+    for outbox in bridge.outboxes:
+        bridge._turn(outbox)  # drained; next due at the sweep
+    assert bridge._wait(timeout=0) is False
+    pgcelery.notify(Message, text="only in other", using="other")
+    assert bridge._wait(timeout=10) is True
+    assert [outbox.alias for outbox in bridge.outboxes if outbox.sweep_at == 0] == ["other"]
+    assert bridge.drain() == 1
+    [envelope] = published_envelopes()
+    assert envelope["database"] == "other"
+
+
+def test_notify_without_using_writes_to_the_default_database():
+    pgcelery.notify(Message, text="default")
+    assert Notification.objects.using("default").count() == 1
+    assert not Notification.objects.using("other").exists()
+
+
+def test_atomic_listeners_record_their_run_in_the_notifications_database(
+        worker_process, spawn):
+    bridge = spawn.bridge("--database", "default", "other")
+    pgcelery.notify(Counted, n=1, fail=False, hold=0, using="other")
+    support.wait_until(lambda: Event.objects.filter(listener="count_once").exists(),
+                       what="the atomic listener's run")
+    support.settle()
+    [event] = Event.objects.filter(listener="count_once")
+    assert list(TaskRecord.objects.using("other").values_list("task_id", flat=True)) == [
+        event.task_id
+    ]
+    assert not TaskRecord.objects.using("default").exists()
+    assert bridge.stop() == 0
+
+
+def refuse_connections(alias, refuse):
+    """Makes database ``alias`` unreachable (or reachable again) without stopping the server."""
+    name = connections[alias].settings_dict["NAME"]
+    connections[alias].close()
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if refuse else "true"}')
+        if refuse:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = %s", [name])
+
+
+def texts_received():
+    return sorted(e.data["text"] for e in Event.objects.filter(listener="message_received"))
+
+
+def test_a_database_that_goes_down_does_not_stop_the_others(worker_process, spawn):
+    bridge = spawn.bridge("--database", "default", "other")
+    refuse_connections("other", True)
+    try:
+        pgcelery.notify(Message, text="while other is down")
+        support.wait_until(lambda: texts_received() == ["while other is down"],
+                           what="the default database's notification")
+        assert bridge.popen.poll() is None
+    finally:
+        refuse_connections("other", False)
+    pgcelery.notify(Message, text="after other is back", using="other")
+    support.wait_until(lambda: len(texts_received()) == 2, what="the other database's")
+    support.settle()
+    support.wait_until(lambda: support.outbox_pending("other") == 0, what="other's outbox")
+    assert texts_received() == ["after other is back", "while other is down"]
+    assert bridge.stop() == 0
+    log = bridge.log()
+    assert log.count("Database 'other' unavailable") == 1
+    assert log.count("Database 'other' available again") == 1
+    assert "Database 'default' unavailable" not in log

@@ -1,0 +1,125 @@
+"""pgcelery's migrations: their SQL is frozen, and every way of migrating ends the same."""
+
+import hashlib
+import uuid
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connection, connections
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations import RunSQL
+from django.test import override_settings
+
+from pgcelery.checks import check_trigger_migrations
+from tests import support
+
+#: The SHA-256 of the SQL each pgcelery migration runs. Databases were migrated with exactly
+#: this SQL: a change goes into a new migration, never into one of these.
+FROZEN = {
+    "0001_initial": "ea16fc9fd9a20b7fdb330a4474395b6206a2c8a19dacd2a06ad83a895234bdc9",
+    "0002_notification_size": "514445c7a0a78fd1e1fdf4fe0e3cfeb062f88a74e48be94ee0740fad8e26ec7c",
+}
+
+#: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.
+SCHEMA = """
+SELECT 'function', p.proname, pg_get_functiondef(p.oid)
+FROM pg_proc AS p WHERE p.proname LIKE 'pgcelery%%' OR p.proname LIKE 'pgtrigger_pgcelery%%'
+UNION ALL
+SELECT 'column', table_name || '.' || column_name,
+       concat_ws(' ', data_type, is_nullable, column_default)
+FROM information_schema.columns WHERE table_name LIKE 'pgcelery%%'
+UNION ALL
+SELECT 'index', indexname, indexdef FROM pg_indexes WHERE tablename LIKE 'pgcelery%%'
+UNION ALL
+SELECT 'constraint', conname, pg_get_constraintdef(oid)
+FROM pg_constraint WHERE conrelid::regclass::text LIKE 'pgcelery%%'
+UNION ALL
+SELECT 'trigger', tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname LIKE 'pgtrigger_%%'
+ORDER BY 1, 2
+"""
+
+
+def pgcelery_migrations():
+    """pgcelery's migrations, in the order they apply."""
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    [latest] = loader.graph.leaf_nodes("pgcelery")
+    return [loader.disk_migrations[key] for key in loader.graph.forwards_plan(latest)]
+
+
+def migration_sql(migration) -> str:
+    return "\n".join(f"{op.sql}\n{op.reverse_sql}" for op in migration.operations
+                     if isinstance(op, RunSQL))
+
+
+def test_the_sql_of_each_migration_is_frozen():
+    found = {m.name: hashlib.sha256(migration_sql(m).encode()).hexdigest()
+             for m in pgcelery_migrations()}
+    assert set(FROZEN) <= set(found), "a pgcelery migration was removed or renamed"
+    changed = [name for name, digest in FROZEN.items() if found[name] != digest]
+    assert not changed, (
+        f"The SQL of migration(s) {changed} changed. Migrations are frozen: put the change "
+        "in a new migration, with a new version of any function it alters."
+    )
+
+
+@pytest.fixture
+def fresh_databases(transactional_db):
+    """Creates empty databases on the server; drops them after the test."""
+    created = []
+
+    def create() -> str:
+        name = f"pgcelery_migrations_{uuid.uuid4().hex[:8]}"
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return name
+
+    yield create
+    with connection.cursor() as cursor:
+        for name in created:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def migrate(name: str, *args: str) -> None:
+    url = support.database_url({**connection.settings_dict, "NAME": name})
+    result = support.manage("migrate", *args, DATABASE_URL=url)
+    assert result.returncode == 0, result.stderr
+
+
+def schema(name: str) -> list[tuple[str, str, str]]:
+    other = type(connections["default"])({**connection.settings_dict, "NAME": name}, "default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(SCHEMA)
+            return cursor.fetchall()
+    finally:
+        other.close()
+
+
+def test_migrating_from_zero_step_by_step_or_back_and_forth_ends_the_same(fresh_databases):
+    at_once, step_by_step = fresh_databases(), fresh_databases()
+    migrate(at_once)
+    for migration in pgcelery_migrations():
+        migrate(step_by_step, "pgcelery", migration.name)
+    migrate(step_by_step)
+    expected = schema(at_once)
+    assert {kind for kind, _, _ in expected} == {"function", "column", "index", "constraint",
+                                                 "trigger"}
+    assert schema(step_by_step) == expected
+    migrate(at_once, "pgcelery", "zero")
+    assert not [name for kind, name, _ in schema(at_once) if name.startswith("pgcelery")]
+    migrate(at_once)
+    assert schema(at_once) == expected
+
+
+def test_a_trigger_migration_without_its_pgcelery_dependency_is_an_error():
+    assert check_trigger_migrations() == []
+    with override_settings(MIGRATION_MODULES={"testapp": "tests.unordered_migrations"}):
+        [error] = check_trigger_migrations()
+        assert error.id == "pgcelery.E001"
+        assert error.hint == ("Add ('pgcelery', '0001_initial') to the dependencies of "
+                              "testapp.0001_initial.")
+        # migrate runs the database checks: it stops before migrating anything.
+        with pytest.raises(SystemCheckError, match="pgcelery.E001"):
+            call_command("check", databases=["default"])
