@@ -1,6 +1,8 @@
 # make demo   - the blog example end to end (embedded PostgreSQL and Redis when none runs)
 # make test   - lint and the whole test suite against real PostgreSQL, Redis and Celery workers
-#             (then the broker-facing tests again on RabbitMQ, when one runs on 127.0.0.1:5672)
+#             on psycopg2, then the broker-facing, end-to-end and fault tests on psycopg 3, and
+#             the broker-facing tests on RabbitMQ when one runs on 127.0.0.1:5672
+# make test-fast - the unit and integration tiers (PostgreSQL and Redis only), in seconds
 # make bench / make bench-quick - the benchmark (full, or about a minute)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
 PYTHON ?= python3
@@ -11,12 +13,15 @@ RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 BIN := $(VENV)/bin
 SERVICES := $(BIN)/python scripts/with_services.py
 
-.PHONY: install demo test test-rabbitmq test-oldest lint bench bench-quick clean
+#: The tests that talk to the broker or run the real commands: each driver and broker runs them.
+BROKER_TESTS := tests/test_bridge.py tests/test_databases.py tests/test_e2e.py
+
+.PHONY: install demo test test-fast test-psycopg test-rabbitmq test-oldest lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,embedded]'
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,embedded,psycopg]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -29,13 +34,21 @@ lint: install
 
 test: lint
 	$(SERVICES) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-psycopg
 	$(MAKE) --no-print-directory test-rabbitmq
+
+test-fast: lint
+	$(SERVICES) $(BIN)/python -m pytest -m "unit or integration" $(PYTEST_ARGS)
+
+test-psycopg: install
+	PGCELERY_TEST_DRIVER=psycopg $(SERVICES) \
+		$(BIN)/python -m pytest $(BROKER_TESTS) tests/test_faults.py tests/test_notify.py
 
 test-rabbitmq: install
 	@if $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 1)" \
 			2>/dev/null; then \
 		CELERY_BROKER_URL='$(RABBITMQ_URL)' $(SERVICES) \
-			$(BIN)/python -m pytest tests/test_bridge.py tests/test_e2e.py; \
+			$(BIN)/python -m pytest $(BROKER_TESTS); \
 	else \
 		echo "No RabbitMQ on 127.0.0.1:5672: the RabbitMQ run is skipped."; \
 	fi

@@ -2,6 +2,26 @@ import pytest
 
 from tests import support
 
+#: Test tiers, from the cheapest: no service; PostgreSQL (and the broker, in-process); the real
+#: commands as subprocesses; faults injected into them. ``make test-fast`` runs the first two.
+TIERS = ("unit", "integration", "e2e", "faults")
+_SUBPROCESS_FIXTURES = {"spawn", "worker_process", "bridge_process", "running"}
+_DATABASE_FIXTURES = {"db", "transactional_db"}
+
+
+def pytest_collection_modifyitems(items):
+    """Gives each test without a tier marker the tier its fixtures put it in."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        fixtures = set(item.fixturenames)
+        if fixtures & _SUBPROCESS_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        elif fixtures & _DATABASE_FIXTURES or item.get_closest_marker("django_db"):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory):

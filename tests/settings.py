@@ -5,6 +5,7 @@ prefers psycopg 3, so ``psycopg2`` (the default) hides it, and ``psycopg`` hides
 as in a project that only installed psycopg 3.
 """
 
+import json
 import os
 import sys
 
@@ -26,3 +27,8 @@ DATABASES["other"] = {
 }
 # Long enough that tests pass only if LISTEN wake-ups work.
 PGCELERY_SWEEP_INTERVAL = 300.0
+
+# NAME=VALUE: one setting as a test needs it in a subprocess (a command's start-up checks).
+if "PGCELERY_TEST_SETTING" in os.environ:
+    _name, _, _value = os.environ["PGCELERY_TEST_SETTING"].partition("=")
+    globals()[_name] = json.loads(_value)

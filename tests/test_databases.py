@@ -94,6 +94,7 @@ def texts_received():
     return sorted(e.data["text"] for e in Event.objects.filter(listener="message_received"))
 
 
+@pytest.mark.faults
 def test_a_database_that_goes_down_does_not_stop_the_others(worker_process, spawn):
     bridge = spawn.bridge("--database", "default", "other")
     refuse_connections("other", True)
@@ -114,3 +115,12 @@ def test_a_database_that_goes_down_does_not_stop_the_others(worker_process, spaw
     assert log.count("Database 'other' unavailable") == 1
     assert log.count("Database 'other' available again") == 1
     assert "Database 'default' unavailable" not in log
+
+
+def test_status_covers_every_database_and_names_each_entrys():
+    pgcelery.notify(Message, text="pending in other", using="other")
+    result = support.manage("pgcelery_status", "--json", "--database", "default", "other")
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads(result.stdout)["channels"]
+    assert (entry["database"], entry["channel"], entry["pending"]) == (
+        "other", "tests.testapp.channels.Message", 1)

@@ -13,6 +13,8 @@ import pytest
 
 from tests import support
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def embedded_url(tmp_path_factory):

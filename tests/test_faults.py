@@ -27,7 +27,7 @@ from tests.testapp.channels import Counted, Flaky, Message, Slow
 from tests.testapp.listeners import count_once
 from tests.testapp.models import Event
 
-pytestmark = pytest.mark.usefixtures("transactional_db")
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("transactional_db")]
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from pgcelery.listeners import Listener
 from pgcelery.publish import Publisher
 from tests import support
 
-pytestmark = pytest.mark.skipif(
-    not current_app.conf.broker_url.startswith("redis"), reason="Redis lists only"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not current_app.conf.broker_url.startswith("redis"),
+                       reason="Redis lists only"),
+]
 
 MESSAGE = Listener("tests.testapp.listeners.message_received", "tests.testapp.channels.Message",
                    "")

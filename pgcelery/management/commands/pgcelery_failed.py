@@ -1,6 +1,7 @@
 """``manage.py pgcelery_failed``: list, retry or discard failed notifications."""
 
-from django.core.management.base import BaseCommand
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
 
 from pgcelery import conf, failures
 
@@ -14,10 +15,15 @@ class Command(BaseCommand):
         parser.add_argument("--channel", help="Only this channel's (dotted name).")
         parser.add_argument("--id", type=int, nargs="+", dest="ids", metavar="ID",
                             help="Only these notifications.")
-        parser.add_argument("--database", default=None, help="Database alias.")
+        parser.add_argument("--database", default=None,
+                            help="Database alias (default: the first of PGCELERY_DATABASES).")
 
     def handle(self, *args, action: str, channel, ids, database, **options) -> None:
-        queryset = failures.failed(database or conf.database(), channel=channel, ids=ids)
+        try:
+            alias = conf.database_alias("--database", database) if database else conf.databases()[0]
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        queryset = failures.failed(alias, channel=channel, ids=ids)
         if action == "list":
             for notification in queryset:
                 self.stdout.write(f"#{notification.pk} {notification.channel} "
