@@ -18,7 +18,7 @@ from celery import Task, shared_task
 from celery.local import Proxy
 from django.db import connections, transaction
 
-from pgcelery import channels, messages, sql, triggers
+from pgcelery import celery_internals, channels, messages, sql, triggers
 
 logger = logging.getLogger(__name__)
 
@@ -185,26 +185,12 @@ def _adopt(task: Task | Proxy) -> Task:
         return original(*args, **arguments)
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
-    task.run = run
-    _accept_envelope_in_argument_check(task)
-    task._pgcelery_adopted = True
+    celery_internals.replace_run(task, run)
+    # A retry re-sends the request's own arguments: for a notification, the envelope alone,
+    # which the task's signature check (``typing=True``) would refuse.
+    celery_internals.skip_argument_check(task, lambda kwargs: messages.ENVELOPE in kwargs)
+    task._pgcelery_adopted = True  # type: ignore[attr-defined]
     return task
-
-
-def _accept_envelope_in_argument_check(task: Task) -> None:
-    """Lets ``apply_async`` pass a message that carries a notification.
-
-    A retry re-sends the request's own arguments: for a notification, the envelope alone,
-    which the task's signature check (``typing=True``) would refuse.
-    """
-    check = getattr(task, "__header__", None)
-    if check is None:
-        return
-
-    def check_unless_envelope(*args: Any, **kwargs: Any) -> Any:
-        return None if messages.ENVELOPE in kwargs else check(*args, **kwargs)
-
-    task.__header__ = check_unless_envelope
 
 
 def _accepted_arguments(func: Callable) -> frozenset[str] | None:

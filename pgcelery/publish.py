@@ -16,10 +16,9 @@ from typing import Any
 
 import kombu.exceptions
 from celery import Celery, current_app, signals
-from celery.utils.nodenames import anon_nodename
 from kombu import Connection
 
-from pgcelery import conf, messages, redis_lists
+from pgcelery import celery_internals, conf, messages, redis_lists
 from pgcelery.listeners import Listener
 
 logger = logging.getLogger(__name__)
@@ -80,10 +79,10 @@ class Publisher:
         """
         with self._broker_errors():
             route = self._route(listener)
-            message = self.app.amqp.create_task_message(
+            message = celery_internals.create_message(
+                self.app,
                 task_id,
                 listener.task_name,
-                (),
                 {messages.ENVELOPE: messages.envelope(row, database)},
                 # What monitoring shows of the arguments; also spares a repr of the payload.
                 argsrepr="()",
@@ -93,10 +92,8 @@ class Publisher:
             if route.redis_list is not None and self._lists is not None:
                 self._lists.add(route.redis_list, message, route.serializer, route.delivery_mode)
             else:
-                self.app.amqp.send_task_message(
-                    self._open(), listener.task_name, message, retry=False, declare=[],
-                    **route.send_options,
-                )
+                celery_internals.send_message(self.app, self._open(), listener.task_name,
+                                              message, **route.send_options)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -129,12 +126,12 @@ class Publisher:
     def _resolve(self, listener: Listener) -> Route:
         """Merges the task's own options under the listener's, then asks Celery's router."""
         task = self.app.tasks.get(listener.task_name)
-        defaults = task._get_exec_options() if task is not None else {}
+        defaults = celery_internals.exec_options(task) if task is not None else {}
         options = {key: value for key, value in defaults.items() if value is not None}
         options.update(listener.options)
         message_options = {key: options.pop(key) for key in _MESSAGE_OPTIONS if key in options}
         # Looked up once: Celery reads each through the Django settings.
-        message_options.update(reply_to=self.app.thread_oid, origin=anon_nodename(),
+        message_options.update(celery_internals.message_identity(self.app),
                                create_sent_event=self.app.conf.task_send_sent_event)
         expires = message_options.get("expires")
         if isinstance(expires, (int, float)):

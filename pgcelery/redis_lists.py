@@ -13,19 +13,13 @@ import itertools
 import uuid
 from typing import Any
 
-from kombu import serialization
-from kombu.entity import maybe_delivery_mode
-from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps
+from pgcelery import celery_internals
 
 #: Messages buffered before a flush, and their size in characters.
 MAX_MESSAGES = 5000
 MAX_CHARACTERS = 16 * 2**20
 
-
-def supports(channel: Any) -> bool:
-    """Whether ``channel`` is a kombu Redis channel (plain, TLS or Sentinel)."""
-    return isinstance(channel, kombu_redis.Channel)
+supports = celery_internals.is_redis_channel
 
 
 class ListWriter:
@@ -42,22 +36,10 @@ class ListWriter:
 
     def add(self, queue: str, message: Any, serializer: str, delivery_mode: Any) -> None:
         """Buffers a Celery task message (``app.amqp.create_task_message``) for ``queue``."""
-        content_type, content_encoding, body = serialization.dumps(message.body, serializer)
-        body, body_encoding = self.channel.encode_body(body, self.channel.body_encoding)
-        wire = dumps({
-            "body": body,
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": message.headers,
-            "properties": {
-                **message.properties,
-                "delivery_mode": maybe_delivery_mode(delivery_mode),
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": body_encoding,
-                "delivery_tag": f"{self._tag_prefix}.{next(self._tags)}",
-            },
-        })
+        wire = celery_internals.redis_wire_message(
+            self.channel, message, queue, serializer, delivery_mode,
+            f"{self._tag_prefix}.{next(self._tags)}",
+        )
         self._lists.setdefault(queue, []).append(wire)
         self._count += 1
         self._characters += len(wire)
@@ -70,7 +52,4 @@ class ListWriter:
             return
         lists, self._lists = self._lists, {}
         self._count = self._characters = 0
-        with self.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for queue, wires in lists.items():
-                pipe.lpush(queue, *wires)
-            pipe.execute()
+        celery_internals.redis_push(self.channel, lists)

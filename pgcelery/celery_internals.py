@@ -1,0 +1,128 @@
+"""Every use of Celery's and kombu's non-public interfaces, in one place.
+
+The rest of pgcelery uses their public APIs. Each function here rests on one assumption
+about a Celery or kombu release, pinned by a test in ``tests/test_celery_internals.py``
+(the Redis wire format in ``tests/test_publish.py``, against what kombu itself writes),
+which ``make test`` and ``make test-oldest`` run on the newest and the oldest supported
+releases: when a release breaks one, that test names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from celery.utils.nodenames import anon_nodename
+from kombu import serialization
+from kombu.entity import maybe_delivery_mode
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+def replace_run(task: Task, run: Callable[..., Any]) -> None:
+    """Makes ``run`` what the worker calls for ``task``.
+
+    Assumes the worker's tracer calls the instance's ``run`` (for tasks without a custom
+    ``__call__``), looked up when the tracer is built, after the listeners are imported.
+    """
+    task.run = run  # type: ignore[method-assign]
+
+
+def skip_argument_check(task: Task, skip: Callable[[dict[str, Any]], bool]) -> None:
+    """Lets ``apply_async`` send keyword arguments for which ``skip(kwargs)`` holds unchecked.
+
+    Assumes ``Task.apply_async`` checks arguments (``typing=True``) by calling the
+    task's ``__header__``, a stand-in with the signature of the task's function.
+    """
+    check = getattr(task, "__header__", None)
+    if check is None:
+        return
+
+    def check_unless_skipped(*args: Any, **kwargs: Any) -> Any:
+        return None if skip(kwargs) else check(*args, **kwargs)
+
+    task.__header__ = check_unless_skipped  # type: ignore[attr-defined]
+
+
+def exec_options(task: Task) -> dict[str, Any]:
+    """The options a task sets for its own messages (``queue``, ``priority``, ...).
+
+    Assumes ``Task._get_exec_options()``, which ``apply_async`` merges under the caller's.
+    """
+    return dict(task._get_exec_options())
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+def message_identity(app: Celery) -> dict[str, Any]:
+    """The sender's fields of a task message, as ``send_task`` fills them.
+
+    Assumes ``app.thread_oid`` (the reply-to address) and ``anon_nodename()`` (the origin).
+    """
+    return {"reply_to": app.thread_oid, "origin": anon_nodename()}
+
+
+def create_message(app: Celery, task_id: str, name: str, kwargs: dict[str, Any],
+                   **options: Any) -> Any:
+    """A task message of protocol 2, as ``send_task`` builds it.
+
+    Assumes ``app.amqp.create_task_message(task_id, name, args, kwargs, **options)``.
+    """
+    return app.amqp.create_task_message(task_id, name, (), kwargs, **options)
+
+
+def send_message(app: Celery, producer: Any, name: str, message: Any, **options: Any) -> None:
+    """Publishes a message made by :func:`create_message`, as ``send_task`` does.
+
+    Assumes ``app.amqp.send_task_message(producer, name, message, retry=, declare=, **route)``.
+    """
+    app.amqp.send_task_message(producer, name, message, retry=False, declare=[], **options)
+
+
+# -- kombu's Redis transport ---------------------------------------------------------------
+
+
+def is_redis_channel(channel: Any) -> bool:
+    """Whether ``channel`` is a kombu Redis channel (plain, TLS or Sentinel)."""
+    return isinstance(channel, kombu_redis.Channel)
+
+
+def redis_wire_message(channel: Any, message: Any, queue: str, serializer: str,
+                       delivery_mode: Any, delivery_tag: str) -> str:
+    """``message`` as kombu's Redis transport stores it in the list of ``queue``.
+
+    Assumes the JSON layout ``kombu.transport.redis.Channel._put`` writes for a message
+    published through the default exchange: body encoded by the channel's body encoding,
+    properties with delivery info, priority 0 and a delivery tag.
+    """
+    content_type, content_encoding, body = serialization.dumps(message.body, serializer)
+    body, body_encoding = channel.encode_body(body, channel.body_encoding)
+    return dumps({
+        "body": body,
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": message.headers,
+        "properties": {
+            **message.properties,
+            "delivery_mode": maybe_delivery_mode(delivery_mode),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": body_encoding,
+            "delivery_tag": delivery_tag,
+        },
+    })
+
+
+def redis_push(channel: Any, lists: dict[str, list[str]]) -> None:
+    """LPUSHes each list's wire messages in one pipelined round trip, on kombu's client.
+
+    Assumes ``channel.conn_or_acquire()``, which applies kombu's key prefix and Sentinel.
+    """
+    with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+        for queue, wires in lists.items():
+            pipe.lpush(queue, *wires)
+        pipe.execute()
