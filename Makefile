@@ -1,4 +1,5 @@
 # make demo   - the blog example end to end (embedded PostgreSQL and Redis when none runs)
+# make lint   - ruff, and mypy on pgcelery/ and a typed user module (tests/typed_usage.py)
 # make test   - lint and the whole test suite against real PostgreSQL, Redis and Celery workers
 #             on psycopg2, then the broker-facing, end-to-end and fault tests on psycopg 3, and
 #             the broker-facing tests on RabbitMQ when one runs on 127.0.0.1:5672
@@ -9,6 +10,7 @@ PYTHON ?= python3
 PYTHON_OLDEST ?= python3.10
 VENV ?= .venv
 CONSTRAINTS ?=
+EXTRAS ?= test,embedded,psycopg,lint
 RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 BIN := $(VENV)/bin
 SERVICES := $(BIN)/python scripts/with_services.py
@@ -16,12 +18,12 @@ SERVICES := $(BIN)/python scripts/with_services.py
 #: The tests that talk to the broker or run the real commands: each driver and broker runs them.
 BROKER_TESTS := tests/test_bridge.py tests/test_databases.py tests/test_e2e.py
 
-.PHONY: install demo test test-fast test-psycopg test-rabbitmq test-oldest lint bench bench-quick clean
+.PHONY: install demo test test-suite test-fast test-psycopg test-rabbitmq test-oldest lint bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test,embedded,psycopg]'
+	$(BIN)/python -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -31,8 +33,12 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+	PYTHONPATH=.:example_project $(BIN)/mypy
 
-test: lint
+test: lint test-suite
+
+# Every run of the suite, without the lint (which needs the newest releases).
+test-suite: install
 	$(SERVICES) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-psycopg
 	$(MAKE) --no-print-directory test-rabbitmq
@@ -60,7 +66,8 @@ bench-quick: install
 	$(SERVICES) $(BIN)/python bench/run.py --quick
 
 test-oldest:
-	$(MAKE) test PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest CONSTRAINTS=tests/oldest-constraints.txt
+	$(MAKE) test-suite PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest \
+		CONSTRAINTS=tests/oldest-constraints.txt EXTRAS=test,embedded,psycopg
 
 clean:
 	rm -rf .venv .venv-oldest build dist *.egg-info example_project/.demo-logs

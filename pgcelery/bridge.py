@@ -206,8 +206,8 @@ class Bridge:
         if timeout <= 0:
             return False
         connected = self._connected()  # without any lost while reading wake-ups
-        ready, _, _ = select.select([self._wake_r, *(o.connector for o in connected)], [], [],
-                                    timeout)
+        waiting: list[Any] = [self._wake_r, *(outbox.connector for outbox in connected)]
+        ready, _, _ = select.select(waiting, [], [], timeout)
         if self._wake_r in ready:
             self._drain_signal_wakeups()
         return self._woken([outbox for outbox in connected if outbox.connector in ready])

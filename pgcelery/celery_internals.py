@@ -52,7 +52,7 @@ def exec_options(task: Task) -> dict[str, Any]:
 
     Assumes ``Task._get_exec_options()``, which ``apply_async`` merges under the caller's.
     """
-    return dict(task._get_exec_options())
+    return dict(task._get_exec_options())  # type: ignore[attr-defined]
 
 
 # -- messages ----------------------------------------------------------------------------

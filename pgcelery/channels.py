@@ -127,11 +127,16 @@ def _is_model(value: object) -> bool:
     return isinstance(value, type) and issubclass(value, models.Model)
 
 
-@functools.cache
-def fields(channel: type[Channel]) -> tuple[Field, ...]:
-    """The payload fields of ``channel`` with their resolved type hints."""
-    hints = typing.get_type_hints(channel)
-    return tuple(
-        Field(field.name, hints[field.name], field.default, field.default_factory)
-        for field in dataclasses.fields(channel)
-    )
+_fields: dict[type[BaseChannel], tuple[Field, ...]] = {}
+
+
+def fields(channel: type[BaseChannel]) -> tuple[Field, ...]:
+    """The payload fields of ``channel`` with their resolved type hints (read once)."""
+    found = _fields.get(channel)
+    if found is None:
+        hints = typing.get_type_hints(channel)
+        found = _fields[channel] = tuple(
+            Field(field.name, hints[field.name], field.default, field.default_factory)
+            for field in dataclasses.fields(typing.cast(Any, channel))
+        )
+    return found

@@ -9,6 +9,7 @@ from typing import Any
 from django.core import checks
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
+from pgtrigger import compiler
 from pgtrigger.migrations import AddTrigger
 
 from pgcelery import sql
@@ -26,7 +27,7 @@ def check_trigger_migrations(app_configs: Any = None, **kwargs: Any) -> list[che
     function does not exist yet. Tagged ``database``, so ``migrate`` runs it.
     """
     loader = MigrationLoader(None, ignore_no_migrations=True)
-    errors = []
+    errors: list[checks.CheckMessage] = []
     for key, migration in sorted(loader.disk_migrations.items()):
         if key[0] == "pgcelery":
             continue
@@ -49,6 +50,6 @@ def check_trigger_migrations(app_configs: Any = None, **kwargs: Any) -> list[che
 def _pgcelery_calls(migration: Migration) -> Iterator[tuple[str, str]]:
     """(trigger name, pgcelery function) for each pgcelery function a trigger added calls."""
     for operation in migration.operations:
-        if isinstance(operation, AddTrigger):
+        if isinstance(operation, AddTrigger) and isinstance(operation.trigger, compiler.Trigger):
             for function in _FUNCTION_CALL.findall(str(operation.trigger.sql)):
-                yield operation.trigger.name, function
+                yield operation.trigger.name or "", function

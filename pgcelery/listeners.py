@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 import pgtrigger
 from celery import Task, shared_task
@@ -25,7 +25,19 @@ logger = logging.getLogger(__name__)
 #: Options that say where and how the bridge dispatches the listener's task.
 DISPATCH_OPTIONS = ("queue", "priority", "countdown", "expires")
 
-F = TypeVar("F", bound=Callable[..., Any])
+TaskT = TypeVar("TaskT", bound=Task)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ListenerDecorator(Protocol):
+    """What the decorators return: a task stays the task it was; a function becomes one."""
+
+    @overload
+    def __call__(self, target: TaskT, /) -> TaskT: ...
+
+    @overload
+    def __call__(self, target: Callable[P, R], /) -> Task[P, R]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +73,7 @@ def _find(channel: str, trigger: str, task_name: str) -> Listener | None:
     return _listeners.get((channel, trigger), {}).get(task_name)
 
 
-def listener(channel: channels.ChannelRef, **options: Any) -> Callable[[F], F]:
+def listener(channel: channels.ChannelRef, **options: Any) -> ListenerDecorator:
     """Makes the decorated function or task a listener of an application ``Channel``.
 
     Args:
@@ -81,7 +93,7 @@ def trigger_listener(
     operation: pgtrigger.Operation,
     condition: pgtrigger.Condition | None = None,
     **options: Any,
-) -> Callable[[F], F]:
+) -> ListenerDecorator:
     """Makes the decorated function or task a listener of a ``TriggerChannel``'s trigger.
 
     Args:
@@ -97,13 +109,14 @@ def trigger_listener(
     return _decorator(resolved, trigger, options)
 
 
-def _shorthand(name: str, when: pgtrigger.When, operation: pgtrigger.Operation) -> Callable:
+def _shorthand(name: str, when: pgtrigger.When,
+               operation: pgtrigger.Operation) -> Callable[..., ListenerDecorator]:
     def decorator(
         channel: channels.ChannelRef,
         *,
         condition: pgtrigger.Condition | None = None,
         **options: Any,
-    ) -> Callable[[F], F]:
+    ) -> ListenerDecorator:
         return trigger_listener(
             channel, when=when, operation=operation, condition=condition, **options
         )
@@ -135,13 +148,13 @@ def _channel_of_kind(channel: channels.ChannelRef, kind: type, decorator: str) -
     return resolved
 
 
-def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Callable[[F], F]:
+def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> ListenerDecorator:
     options = dict(options)
     atomic = bool(options.pop("atomic", False))
     dispatch = {key: options.pop(key) for key in DISPATCH_OPTIONS if key in options}
     name = channels.channel_name(channel)
 
-    def decorate(target: F) -> F:
+    def decorate(target: Any) -> Any:
         if isinstance(target, (Task, Proxy)):
             if options:
                 raise TypeError(
@@ -156,17 +169,16 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Callable
         _listeners.setdefault((name, trigger), {})[task.name] = listener
         return result
 
-    return decorate
+    return cast(ListenerDecorator, decorate)
 
 
-def _adopt(task: Task | Proxy) -> Task:
+def _adopt(target: Task | Proxy) -> Task:
     """Teaches the task to open the bridge's notification before its own code runs.
 
     Only the task's ``run`` is wrapped: calls without the notification argument
     (``.delay()``, ``.apply_async()``, a direct call) behave exactly as before.
     """
-    if isinstance(task, Proxy):
-        task = task._get_current_object()
+    task: Task = target._get_current_object() if isinstance(target, Proxy) else target
     if getattr(task, "_pgcelery_adopted", False):
         return task
     original = task.run

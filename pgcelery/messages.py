@@ -75,6 +75,7 @@ def arguments(envelope: dict[str, Any]) -> dict[str, Any]:
     is under ``context``. The caller keeps those the listener accepts.
     """
     channel, payload = _open(envelope["channel"], envelope["payload"])
+    kwargs: dict[str, Any]
     if issubclass(channel, channels.TriggerChannel):
         kwargs = {
             "old": payloads.build_instance(channel.model, payload.get("old")),

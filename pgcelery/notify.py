@@ -23,7 +23,7 @@ def notify(channel: channels.ChannelRef, *, using: str | None = None, **kwargs: 
     """
     resolved = channels.resolve(channel)
     name = channels.channel_name(resolved)
-    if issubclass(resolved, channels.TriggerChannel):
+    if not issubclass(resolved, channels.Channel):
         raise TypeError(
             f"{name} is a TriggerChannel: its notifications come from its triggers. "
             "Declare a Channel to notify explicitly."

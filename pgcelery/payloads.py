@@ -193,7 +193,8 @@ def _decode_key(key: str, tp: Any) -> Any:
 # -- Channel payloads ---------------------------------------------------------------
 
 
-def encode_fields(channel: type[channels.Channel], values: Mapping[str, Any]) -> dict[str, Any]:
+def encode_fields(channel: type[channels.BaseChannel],
+                  values: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON payload of a notification on ``channel``, every field checked.
 
     Missing fields with a default get it; the error names the channel and the field.
@@ -219,7 +220,7 @@ def encode_fields(channel: type[channels.Channel], values: Mapping[str, Any]) ->
     return payload
 
 
-def decode_fields(channel: type[channels.Channel], payload: Any) -> dict[str, Any]:
+def decode_fields(channel: type[channels.BaseChannel], payload: Any) -> dict[str, Any]:
     """Keyword arguments of the declared types from a stored payload.
 
     Fields declared with a default since the notification was written get it; fields no
@@ -277,9 +278,9 @@ def build_instance(model: type[models.Model], row: Mapping[str, Any] | None) -> 
     if row is None:
         return None
     values = {
-        field.attname: _column_value(field, row[field.column])
+        field.attname: _column_value(field, row[column])
         for field in model._meta.concrete_fields
-        if field.column in row
+        if (column := field.column) is not None and column in row
     }
     return model(**values)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import typing
 from collections.abc import Iterator
 from typing import Any
 
 import kombu.exceptions
 from celery import Celery, current_app, signals
-from kombu import Connection
+from kombu import Connection, Producer, Queue
 
 from pgcelery import celery_internals, conf, messages, redis_lists
 from pgcelery.listeners import Listener
@@ -41,7 +42,16 @@ class BrokerUnavailable(Exception):
 
 def celery_app() -> Celery:
     """The Celery app of the project: ``PGCELERY_CELERY_APP`` or the current app."""
-    return conf.celery_app() or current_app._get_current_object()
+    return conf.celery_app() or typing.cast(Any, current_app)._get_current_object()
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisList:
+    """A queue's Redis list, and how messages written straight to it are encoded."""
+
+    queue: str
+    serializer: str
+    delivery_mode: Any
 
 
 @dataclasses.dataclass
@@ -50,10 +60,8 @@ class Route:
 
     message_options: dict[str, Any]
     send_options: dict[str, Any]
-    #: The queue whose Redis list the messages go straight to, when the route allows it.
-    redis_list: str | None = None
-    serializer: str | None = None
-    delivery_mode: Any = None
+    #: Set when the route allows writing the messages straight to the queue's Redis list.
+    redis_list: RedisList | None = None
 
 
 class Publisher:
@@ -67,7 +75,7 @@ class Publisher:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self._connection: Connection | None = None
-        self._producer = None
+        self._producer: Producer | None = None
         self._routes: dict[Listener, Route] = {}
         self._lists: redis_lists.ListWriter | None = None
 
@@ -89,8 +97,9 @@ class Publisher:
                 kwargsrepr=f"{{{messages.ENVELOPE!r}: <notification {row.id} on {row.channel}>}}",
                 **route.message_options,
             )
-            if route.redis_list is not None and self._lists is not None:
-                self._lists.add(route.redis_list, message, route.serializer, route.delivery_mode)
+            target = route.redis_list
+            if target is not None and self._lists is not None:
+                self._lists.add(target.queue, message, target.serializer, target.delivery_mode)
             else:
                 celery_internals.send_message(self.app, self._open(), listener.task_name,
                                               message, **route.send_options)
@@ -136,27 +145,28 @@ class Publisher:
         expires = message_options.get("expires")
         if isinstance(expires, (int, float)):
             options["expiration"] = max(expires, 0)
-        options = self.app.amqp.router.route(options, listener.task_name, (), {}, task)
+        options = self.app.amqp.router.route(
+            options, listener.task_name, (), {}, task)  # type: ignore[arg-type]
         queue = options.get("queue")
         if queue is not None and not queue.no_declare:
             self._open().maybe_declare(queue)
         route = Route(message_options, options)
-        if self._plain(options):
-            route.redis_list = queue.name
-            route.serializer = options.get("serializer") or self.app.conf.task_serializer
-            route.delivery_mode = (options.get("delivery_mode") or queue.exchange.delivery_mode
-                                   or self.app.conf.task_default_delivery_mode)
+        if queue is not None and self._plain(options, queue):
+            route.redis_list = RedisList(
+                queue.name,
+                options.get("serializer") or self.app.conf.task_serializer,
+                options.get("delivery_mode") or queue.exchange.delivery_mode
+                or self.app.conf.task_default_delivery_mode,
+            )
         return route
 
-    def _plain(self, options: dict[str, Any]) -> bool:
+    def _plain(self, options: dict[str, Any], queue: Queue) -> bool:
         """Whether messages of a route can go straight to a Redis list: a queue reached
         through the default exchange, no priority, expiry or compression, and nothing
         (signal receivers, sent events) that Celery runs for each message it sends."""
-        queue = options.get("queue")
         return (
             redis_lists.supports(self._open().channel)
             and set(options) <= _PLAIN_OPTIONS
-            and queue is not None
             and queue.exchange.type == "direct"
             and not self.app.conf.task_compression
             and not self.app.conf.task_send_sent_event
@@ -173,7 +183,7 @@ class Publisher:
             raise
         except Exception as exc:
             connection = self._connection
-            broker_errors = (kombu.exceptions.OperationalError,)
+            broker_errors: tuple[type[BaseException], ...] = (kombu.exceptions.OperationalError,)
             if connection is not None:
                 broker_errors += connection.connection_errors + connection.channel_errors
             if not isinstance(exc, broker_errors):
@@ -181,7 +191,7 @@ class Publisher:
             self.close()
             raise BrokerUnavailable(str(exc)) from exc
 
-    def _open(self):
+    def _open(self) -> Producer:
         if self._producer is None:
             connection = self.app.connection_for_write(
                 transport_options={"confirm_publish": True}

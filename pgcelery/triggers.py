@@ -9,6 +9,7 @@ notification per row event, or, for a statement-level trigger, chunks of its row
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pgtrigger
 from django.db import models
@@ -92,11 +93,14 @@ def register(
     model = channel.model
     name = channels.channel_name(channel)
     probe = pgtrigger.Trigger(name="probe", when=when, operation=operation, condition=condition)
-    trigger_name = _name(name, when, operation, probe.render_condition(model))
+    # pgtrigger annotates the model class it takes as a model instance.
+    trigger_name = _name(name, when, operation,
+                         probe.render_condition(model))  # type: ignore[arg-type]
     try:
         pgtrigger.registered(f"{model._meta.label}:{trigger_name}")
     except KeyError:
         side = _transition_side(when, operation, condition)
+        options: dict[str, Any]
         if side is None:
             options = {"condition": condition, "func": _row_func(name, trigger_name, model)}
         else:
@@ -105,7 +109,6 @@ def register(
                 "referencing": pgtrigger.Referencing(**{side: f"{side}_rows"}),
                 "func": _statement_func(name, trigger_name, model, side),
             }
-        pgtrigger.Trigger(name=trigger_name, when=when, operation=operation, **options).register(
-            model
-        )
+        trigger = pgtrigger.Trigger(name=trigger_name, when=when, operation=operation, **options)
+        trigger.register(model)  # type: ignore[arg-type]
     return trigger_name
