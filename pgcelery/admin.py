@@ -8,9 +8,10 @@ from pgcelery.models import Notification
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
-    list_display = ("id", "channel", "trigger", "created_at", "failed_at", "failure")
+    list_display = ("id", "channel", "listener", "created_at", "failed_at", "failure",
+                    "attempts")
     list_filter = ("channel", ("failed_at", admin.EmptyFieldListFilter))
-    search_fields = ("channel", "failure")
+    search_fields = ("channel", "failure", "listener", "task_id")
     readonly_fields = [field.name for field in Notification._meta.fields]
     ordering = ("id",)
     actions = ["retry_failed", "discard_failed"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery
 
-from pgcelery import channels, conf, listeners, messages
+from pgcelery import channels, conf, messages, registry
 from pgcelery.connector import Connector, Failure, connector_for
 from pgcelery.publish import BrokerUnavailable, Publisher
 
@@ -187,7 +187,7 @@ class Bridge:
         outbox.sweep_at = time.monotonic() + self.sweep_interval
 
     def _connect(self, outbox: Outbox) -> None:
-        names = self.channels or listeners.registered_channels()
+        names = self.channels or registry.registered_channels()
         outbox.connector.connect(channels.pg_channel(name) for name in names)
 
     def _next_turn(self) -> float:
@@ -282,7 +282,9 @@ class Bridge:
 
     def _dispatch(self, row: messages.Row, database: str) -> str | None:
         """Publishes the row's tasks; returns why it cannot be, or None once done."""
-        targets = listeners.listeners_for(row.channel, row.trigger)
+        targets = registry.listeners_for(row.channel, row.trigger)
+        if row.listener is not None:  # a failed delivery, retried: its listener only
+            targets = [found for found in targets if found.task_name == row.listener]
         if not targets:
             return _no_listener_reason(row)
         try:
@@ -310,7 +312,12 @@ class Bridge:
 
 
 def _no_listener_reason(row: messages.Row) -> str:
-    if row.channel not in listeners.registered_channels():
+    if row.listener is not None:
+        return (
+            f"listener {row.listener} of {row.channel} is not registered: deploy it, then "
+            "retry the failed delivery, or discard it"
+        )
+    if row.channel not in registry.registered_channels():
         return (
             f"unknown channel {row.channel!r}: no listener is registered for it in this "
             "project; deploy its listeners, then retry the notification, or discard it"

@@ -1,26 +1,20 @@
-"""Listener decorators and the registry the bridge dispatches from.
+"""The listener decorators.
 
 A listener is a Celery task. Decorating a plain function turns it into a shared task;
-decorating an existing task registers it as it is. Either way the task learns to open
-the notification the bridge sends it, and stays an ordinary Celery task.
+decorating an existing task registers it as it is. Either way the task is registered for
+the bridge and adopted for the worker (see ``worker``), and stays an ordinary Celery task.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 import pgtrigger
 from celery import Task, shared_task
 from celery.local import Proxy
-from django.db import connections, transaction
 
-from pgcelery import celery_internals, channels, messages, sql, triggers
-
-logger = logging.getLogger(__name__)
+from pgcelery import channels, registry, triggers, worker
 
 #: Options that say where and how the bridge dispatches the listener's task.
 DISPATCH_OPTIONS = ("queue", "priority", "countdown", "expires")
@@ -38,39 +32,6 @@ class ListenerDecorator(Protocol):
 
     @overload
     def __call__(self, target: Callable[P, R], /) -> Task[P, R]: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Listener:
-    """One task registered on one channel (and, for trigger channels, one trigger)."""
-
-    task_name: str
-    channel: str
-    trigger: str
-    options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-    atomic: bool = False
-
-
-_listeners: dict[tuple[str, str], dict[str, Listener]] = {}
-
-
-def listeners_for(channel: str, trigger: str) -> list[Listener]:
-    """The listeners a notification of ``channel`` recorded by ``trigger`` goes to."""
-    return list(_listeners.get((channel, trigger), {}).values())
-
-
-def registered_listeners() -> list[Listener]:
-    """Every registered listener."""
-    return [listener for found in _listeners.values() for listener in found.values()]
-
-
-def registered_channels() -> list[str]:
-    """Dotted names of every channel with at least one listener."""
-    return sorted({channel for channel, _ in _listeners})
-
-
-def _find(channel: str, trigger: str, task_name: str) -> Listener | None:
-    return _listeners.get((channel, trigger), {}).get(task_name)
 
 
 def listener(channel: channels.ChannelRef, **options: Any) -> ListenerDecorator:
@@ -164,62 +125,8 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Listener
             result = target
         else:
             result = shared_task(**options)(target)
-        task = _adopt(result)
-        listener = Listener(task.name, name, trigger, dispatch, atomic)
-        _listeners.setdefault((name, trigger), {})[task.name] = listener
+        task = worker.adopt(result)
+        registry.register(registry.Listener(task.name, name, trigger, dispatch, atomic))
         return result
 
     return cast(ListenerDecorator, decorate)
-
-
-def _adopt(target: Task | Proxy) -> Task:
-    """Teaches the task to open the bridge's notification before its own code runs.
-
-    Only the task's ``run`` is wrapped: calls without the notification argument
-    (``.delay()``, ``.apply_async()``, a direct call) behave exactly as before.
-    """
-    task: Task = target._get_current_object() if isinstance(target, Proxy) else target
-    if getattr(task, "_pgcelery_adopted", False):
-        return task
-    original = task.run
-    accepts = _accepted_arguments(original)
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        envelope = kwargs.pop(messages.ENVELOPE, None)
-        if envelope is None:
-            return original(*args, **kwargs)
-        arguments = messages.arguments(envelope)
-        if accepts is not None:
-            arguments = {key: value for key, value in arguments.items() if key in accepts}
-        found = _find(envelope["channel"], envelope["trigger"], task.name)
-        if found is not None and found.atomic:
-            return _run_once(task, envelope["database"], lambda: original(*args, **arguments))
-        return original(*args, **arguments)
-
-    run.__wrapped__ = original  # type: ignore[attr-defined]
-    celery_internals.replace_run(task, run)
-    # A retry re-sends the request's own arguments: for a notification, the envelope alone,
-    # which the task's signature check (``typing=True``) would refuse.
-    celery_internals.skip_argument_check(task, lambda kwargs: messages.ENVELOPE in kwargs)
-    task._pgcelery_adopted = True  # type: ignore[attr-defined]
-    return task
-
-
-def _accepted_arguments(func: Callable) -> frozenset[str] | None:
-    """The keyword arguments ``func`` takes, or None when it takes ``**kwargs``."""
-    parameters = inspect.signature(func).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return frozenset(p.name for p in parameters)
-
-
-def _run_once(task: Task, database: str, call: Callable[[], Any]) -> Any:
-    """Runs ``call`` in one transaction with a record of the task id; a repeat is a no-op."""
-    with transaction.atomic(using=database):
-        with connections[database].cursor() as cursor:
-            cursor.execute(sql.RECORD_TASK, [task.request.id])
-            first = cursor.rowcount == 1
-        if not first:
-            logger.info("Task %s[%s] already ran; skipping the repeat.", task.name, task.request.id)
-            return None
-        return call()

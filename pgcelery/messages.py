@@ -28,14 +28,21 @@ class Row(typing.NamedTuple):
     trigger: str
     payload: str
     context: str | None
+    #: Set for a failed delivery put back in the queue: it goes to that listener only,
+    #: under the task id it had.
+    listener: str | None = None
+    task_id: str | None = None
 
 
 def task_id(row: Row, task_name: str, trigger: str) -> str:
-    """The Celery task id of one listener's run of one notification: a redelivery repeats it.
+    """The Celery task id of one listener's run of one notification: a redelivery repeats it,
+    and a failed delivery keeps the one it had.
 
     ``uuid5(row.uuid, "task|trigger|position")``, written out: ``uuid.uuid5`` took a tenth
     of the bridge's time per message.
     """
+    if row.task_id is not None:
+        return row.task_id
     name = f"{task_name}|{trigger}|{row.position}".encode()
     digest = bytearray(hashlib.sha1(row.uuid.bytes + name).digest()[:16])
     digest[6] = digest[6] & 0x0F | 0x50  # version 5

@@ -8,7 +8,9 @@ class Notification(models.Model):
     or a chunk of them, for the rows of one bulk write.
 
     The bridge deletes the row once the broker accepted its tasks; a notification it
-    cannot dispatch stays in a row of its own, marked failed with the reason.
+    cannot dispatch stays in a row of its own, marked failed with the reason. A listener's
+    task that fails for good comes back as a failed delivery: a failed row naming that
+    listener and task id, which a retry sends to that listener only.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -29,6 +31,16 @@ class Notification(models.Model):
     created_at = models.DateTimeField()
     failed_at = models.DateTimeField(null=True, blank=True)
     failure = models.TextField(null=True, blank=True)
+    listener = models.TextField(
+        null=True, blank=True,
+        help_text="For a failed delivery: the listener task it goes to, and only that one.",
+    )
+    task_id = models.TextField(
+        null=True, blank=True, help_text="For a failed delivery: its Celery task id, kept."
+    )
+    attempts = models.PositiveIntegerField(
+        null=True, blank=True, help_text="For a failed delivery: how many runs it had."
+    )
 
     class Meta:
         db_table = "pgcelery_notification"
@@ -37,6 +49,14 @@ class Notification(models.Model):
                 fields=["id"],
                 condition=models.Q(failed_at__isnull=True),
                 name="pgcelery_pending_idx",
+            )
+        ]
+        constraints = [
+            # A delivery is recorded once, however many times its message is redelivered.
+            models.UniqueConstraint(
+                fields=["task_id"],
+                condition=models.Q(task_id__isnull=False, failed_at__isnull=False),
+                name="pgcelery_failed_delivery_once",
             )
         ]
 

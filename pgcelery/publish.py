@@ -20,7 +20,7 @@ from celery import Celery, current_app, signals
 from kombu import Connection, Producer, Queue
 
 from pgcelery import celery_internals, conf, messages, redis_lists
-from pgcelery.listeners import Listener
+from pgcelery.registry import Listener
 
 logger = logging.getLogger(__name__)
 

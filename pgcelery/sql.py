@@ -53,7 +53,8 @@ SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
 #: Locks up to $1 pending rows (of the channels in $2, when not NULL), keeps those that start
 #: before $1 notifications, and returns their notifications one per result row: (id, position
-#: in the row, uuid, channel, trigger, payload, context). The other locked rows are free again
+#: in the row, uuid, channel, trigger, payload, context, and for a failed delivery put back in
+#: the queue, its listener and task id). The other locked rows are free again
 #: at commit. Prepared once per connection: the bridge runs it for every wake-up.
 PREPARE_CLAIM = f"""
 PREPARE pgcelery_claim (integer, text[]) AS
@@ -69,7 +70,8 @@ WITH locked AS (
     ) AS counted
     WHERE before < $1
 )
-SELECT o.id, n.position, o.uuid::text, o.channel, o.trigger, n.payload::text, o.context::text
+SELECT o.id, n.position, o.uuid::text, o.channel, o.trigger, n.payload::text, o.context::text,
+       o.listener, o.task_id
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN LATERAL (
@@ -112,11 +114,12 @@ ORDER BY failed.id, failed.position
 """
 
 #: One row per channel: pending notifications, the oldest one's age, failed rows and the
-#: first $1 of them as a JSON array of {"id", "reason"}. One statement, so one snapshot: a
-#: failure committed meanwhile is in the counts and the list, or in neither.
+#: first $1 of them as a JSON array of {"id", "reason", "listener", "task_id"}. One
+#: statement, so one snapshot: a failure committed meanwhile is in the counts and the list,
+#: or in neither.
 STATUS = f"""
 WITH failures AS (
-    SELECT channel, id, failure,
+    SELECT channel, id, failure, listener, task_id,
            row_number() OVER (PARTITION BY channel ORDER BY id) AS n
     FROM {OUTBOX} WHERE failed_at IS NOT NULL
 )
@@ -132,11 +135,20 @@ FROM (
     GROUP BY channel
 ) AS counts
 LEFT JOIN LATERAL (
-    SELECT json_agg(json_build_object('id', id, 'reason', failure) ORDER BY id) AS failures
+    SELECT json_agg(json_build_object('id', id, 'reason', failure, 'listener', listener,
+                                      'task_id', task_id) ORDER BY id) AS failures
     FROM failures
     WHERE failures.channel = counts.channel AND failures.n <= %s
 ) AS listed ON true
 ORDER BY counts.channel
+"""
+
+#: Records a listener's task that failed for good as a failed delivery, once per task id.
+RECORD_FAILED_DELIVERY = f"""
+INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
+                      failure, listener, task_id, attempts)
+VALUES (gen_random_uuid(), %s, %s, %s::jsonb, 1, %s::jsonb, now(), now(), %s, %s, %s, %s)
+ON CONFLICT (task_id) WHERE task_id IS NOT NULL AND failed_at IS NOT NULL DO NOTHING
 """
 
 #: Claims a task id for an ``atomic=True`` run; a concurrent claim of the same id waits

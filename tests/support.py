@@ -19,7 +19,7 @@ from django.db import connection, connections
 from kombu import Connection
 from kombu import Message as KombuMessage
 
-from pgcelery import listeners
+from pgcelery import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
@@ -55,7 +55,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def trigger_of(listener: str) -> str:
     """The trigger name of the test app's trigger listener function ``listener``."""
-    [trigger] = [found.trigger for found in listeners.registered_listeners()
+    [trigger] = [found.trigger for found in registry.registered_listeners()
                  if found.task_name == f"tests.testapp.listeners.{listener}"]
     return trigger
 

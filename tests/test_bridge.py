@@ -13,9 +13,9 @@ from django.db import connection
 import pgcelery
 from pgcelery import messages, sql
 from pgcelery.bridge import Bridge
-from pgcelery.listeners import Listener
 from pgcelery.models import Notification
 from pgcelery.publish import BrokerUnavailable, Publisher
+from pgcelery.registry import Listener
 from pgcelery.status import channel_status
 from tests import support
 from tests.testapp.channels import Message, Routed, WithContext

@@ -22,6 +22,7 @@ from django.db import connection, transaction
 
 import pgcelery
 from pgcelery.connector import APPLICATION_NAME
+from pgcelery.models import Notification
 from tests import support
 from tests.testapp.channels import Counted, Flaky, Message, Slow
 from tests.testapp.listeners import count_once
@@ -246,8 +247,9 @@ def test_the_same_task_delivered_twice_has_one_effect(worker):
                 "context": None, "database": "default"}
     for _ in range(2):
         current_app.send_task(count_once.name, kwargs={"_pgcelery": envelope}, task_id="twice")
-    support.wait_until(lambda: worker.log().count("count_once[twice] succeeded") == 2,
+    support.wait_until(lambda: "count_once[twice] ignored" in worker.log(),
                        what="both deliveries to run")
+    assert worker.log().count("count_once[twice] succeeded") == 1
     assert list(Event.objects.filter(listener="count_once").values_list("task_id", flat=True)) == [
         "twice"
     ]
@@ -269,4 +271,12 @@ def test_a_failing_listener_is_retried_by_celery_and_never_stops_the_bridge(work
     assert Event.objects.filter(listener="flaky_done").count() == 1
     assert "RuntimeError: attempt 2 fails" in worker.log()
     assert_each_ran_once(10)
-    assert json.loads(support.status_json())["channels"] == []
+    # Retries exhausted: one failed delivery, not one per attempt.
+    [exhausted] = [task_id for task_id, count in attempts.items()
+                   if not Event.objects.filter(listener="flaky_done", task_id=task_id).exists()]
+    [failed] = Notification.objects.filter(failed_at__isnull=False)
+    assert (failed.listener, failed.task_id, failed.attempts, failed.failure) == (
+        "tests.testapp.listeners.flaky", exhausted, 3, "RuntimeError: attempt 2 fails")
+    [status] = json.loads(support.status_json())["channels"]
+    assert (status["channel"], status["pending"], status["failed"]) == (
+        "tests.testapp.channels.Flaky", 0, 1)

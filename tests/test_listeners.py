@@ -5,24 +5,24 @@ from celery import shared_task
 from django.db import connection, connections
 
 import pgcelery
-from pgcelery import listeners, messages
+from pgcelery import messages, registry, worker
 from pgcelery.models import Notification, TaskRecord
 from tests import support
 from tests.testapp.channels import Counted, Message, Routed, WriterChannel
-from tests.testapp.listeners import count_once, message_received, routed
+from tests.testapp.listeners import count_once, message_received, outcome_fails, routed
 from tests.testapp.models import Event
 
 
 def test_a_decorated_function_becomes_a_registered_celery_task():
     assert message_received.name == "tests.testapp.listeners.message_received"
     assert callable(message_received.delay) and callable(message_received.apply_async)
-    [found] = listeners.listeners_for("tests.testapp.channels.Message", "")
-    assert found == listeners.Listener(message_received.name, "tests.testapp.channels.Message", "")
+    [found] = registry.listeners_for("tests.testapp.channels.Message", "")
+    assert found == registry.Listener(message_received.name, "tests.testapp.channels.Message", "")
 
 
 def test_a_decorated_task_is_registered_as_is_with_its_dispatch_options():
     assert routed.name == "tests.testapp.listeners.routed"
-    [found] = listeners.listeners_for("tests.testapp.channels.Routed", "")
+    [found] = registry.listeners_for("tests.testapp.channels.Routed", "")
     assert found.task_name == routed.name
     assert found.options == {"queue": "tests.routed", "priority": 7, "countdown": 1,
                               "expires": 600}
@@ -87,7 +87,8 @@ def test_atomic_listener_runs_once_per_task_id_and_only_committed_runs_count():
 
     Event.objects.create(listener="allow", data={})
     assert count_once.apply(kwargs=kwargs, task_id="t-atomic").successful()
-    assert count_once.apply(kwargs=kwargs, task_id="t-atomic").successful()
+    # A repeat is a no-op that stores nothing, leaving the first run's result in place.
+    assert count_once.apply(kwargs=kwargs, task_id="t-atomic").state == "IGNORED"
     assert count_once_events() == 1
     assert list(TaskRecord.objects.values_list("task_id", flat=True)) == ["t-atomic"]
 
@@ -102,7 +103,7 @@ def test_atomic_listener_runs_once_when_the_same_task_runs_concurrently():
     results = []
 
     def run():
-        results.append(count_once.apply(kwargs=kwargs, task_id="t-race").successful())
+        results.append(count_once.apply(kwargs=kwargs, task_id="t-race").state)
         connections.close_all()
 
     threads = [threading.Thread(target=run) for _ in range(3)]
@@ -110,8 +111,22 @@ def test_atomic_listener_runs_once_when_the_same_task_runs_concurrently():
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [True, True, True]
+    assert sorted(results) == ["IGNORED", "IGNORED", "SUCCESS"]
     assert count_once_events() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_atomic_holds_for_a_task_id_run_without_the_bridges_envelope():
+    pgcelery.notify(Counted, n=1)
+    assert count_once.apply(kwargs=envelope_of_last_notification(), task_id="t-x").successful()
+    plain = {"n": 1, "fail": False, "hold": 0}
+    assert count_once.apply(kwargs=plain, task_id="t-x").state == "IGNORED"
+    assert count_once.apply(kwargs=plain, task_id="t-plain").successful()
+    assert count_once.apply(kwargs=plain, task_id="t-plain").state == "IGNORED"
+    assert count_once_events() == 2
+    assert sorted(TaskRecord.objects.values_list("task_id", flat=True)) == ["t-plain", "t-x"]
+    count_once(n=1, fail=False, hold=0)  # a direct call has no task id: it just runs
+    assert count_once_events() == 3
 
 
 def test_argument_checks_stay_and_let_notifications_through():
@@ -122,3 +137,28 @@ def test_argument_checks_stay_and_let_notifications_through():
         routed.apply_async(kwargs=envelope, queue="tests.routed")
     finally:
         support.purge_queues()
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_failed_delivery_that_cannot_be_recorded_is_logged_whole(caplog):
+    """The database is down when the worker records a failure: the log keeps all of it."""
+    settings = connections["other"].settings_dict
+    name = settings["NAME"]
+    connections["other"].close()
+    settings["NAME"] = "pgcelery_no_such_database"
+    envelope = {"id": 7, "channel": "tests.testapp.channels.Outcome", "trigger": "",
+                "payload": '{"n": 1}', "context": None, "database": "other"}
+    try:
+        with caplog.at_level("ERROR", logger="pgcelery.worker"):
+            worker.record_failed_delivery(sender=outcome_fails, task_id="t-lost",
+                                          exception=RuntimeError("boom"),
+                                          kwargs={messages.ENVELOPE: envelope})
+    finally:
+        connections["other"].close()
+        settings["NAME"] = name
+    [logged] = caplog.records
+    assert logged.getMessage().startswith(
+        "Could not record the failed delivery of task tests.testapp.listeners.outcome_fails"
+        "[t-lost] (notification 7 on tests.testapp.channels.Outcome, failed with "
+        "RuntimeError: boom) in database 'other'")
+    assert logged.getMessage().endswith('its payload was {"n": 1}')

@@ -9,8 +9,8 @@ import redis
 from celery import current_app, shared_task, signals
 
 from pgcelery import messages, redis_lists
-from pgcelery.listeners import Listener
 from pgcelery.publish import Publisher
+from pgcelery.registry import Listener
 from tests import support
 
 pytestmark = [

@@ -43,7 +43,7 @@ def test_failed_rows_exit_2_with_their_reasons():
     assert result.returncode == 2
     assert json.loads(result.stdout)["channels"] == [{
         "channel": "x.channels.Y", "pending": 0, "oldest_pending_seconds": None, "failed": 1,
-        "failures": [{"id": failed_id, "reason": "why"}],
+        "failures": [{"id": failed_id, "reason": "why", "listener": None, "task_id": None}],
     }]
     assert "why" in status().stdout
 

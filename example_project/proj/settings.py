@@ -69,6 +69,8 @@ TIME_ZONE = "UTC"
 STATIC_URL = "static/"
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# Task results are not kept unless a backend is named (e.g. redis://127.0.0.1:6379/1).
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND")
 # Production settings: a task is acknowledged after it ran, and run again if its worker died.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -96,3 +96,15 @@ class Flaky(Channel):
 @dataclass
 class Ping(Channel):
     n: int
+
+
+@dataclass
+class Outcome(Channel):
+    """Two listeners: one succeeds, one fails until an ``allow`` event exists."""
+
+    n: int
+
+
+@dataclass
+class Limited(Channel):
+    hold: float

@@ -19,7 +19,9 @@ from tests.testapp.channels import (
     Everything,
     Flaky,
     LegacyChannel,
+    Limited,
     Message,
+    Outcome,
     Ping,
     RestaurantChannel,
     Routed,
@@ -127,13 +129,14 @@ def without_context(n: int):
 
 
 @pgcelery.listener(Counted, atomic=True)
-def count_once(n: int, fail: bool, hold: float):
+def count_once(n: int, fail: bool, hold: float) -> int:
     """Records its run; ``fail`` raises until an ``allow`` event exists; ``hold`` keeps the
     transaction open that long."""
     record("count_once", n=n)
     time.sleep(hold)
     if fail and not Event.objects.filter(listener="allow").exists():
         raise RuntimeError("failing as asked")
+    return n
 
 
 @task_postrun.connect
@@ -175,3 +178,25 @@ def ping(n: int):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         record("ping", n=n, backend=cursor.fetchone()[0])
+
+
+@pgcelery.listener(Outcome)
+def outcome_ok(n: int):
+    record("outcome_ok", n=n)
+
+
+@pgcelery.listener(Outcome)
+def outcome_fails(n: int):
+    """Fails until an ``allow`` event exists, with no retry configured."""
+    record("outcome_attempt", n=n)
+    if not Event.objects.filter(listener="allow").exists():
+        raise RuntimeError("failing until allowed")
+    record("outcome_fixed", n=n)
+
+
+@pgcelery.listener(Limited)
+@shared_task(soft_time_limit=1)
+def limited(hold: float):
+    """Runs past its soft time limit when ``hold`` is longer."""
+    record("limited_started")
+    time.sleep(hold)

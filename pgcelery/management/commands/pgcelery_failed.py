@@ -26,7 +26,9 @@ class Command(BaseCommand):
         queryset = failures.failed(alias, channel=channel, ids=ids)
         if action == "list":
             for notification in queryset:
-                self.stdout.write(f"#{notification.pk} {notification.channel} "
+                delivery = (f" -> {notification.listener}[{notification.task_id}]"
+                            if notification.listener else "")
+                self.stdout.write(f"#{notification.pk} {notification.channel}{delivery} "
                                   f"failed {notification.failed_at:%Y-%m-%d %H:%M:%S}: "
                                   f"{notification.failure}")
             return

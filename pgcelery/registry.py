@@ -1,0 +1,53 @@
+"""The registry of listeners: which tasks a notification of a channel (and trigger) goes to.
+
+Filled by the decorators when the apps' ``listeners`` modules are imported; read by the
+bridge to dispatch and by the worker to open a notification.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    """One task registered on one channel (and, for trigger channels, one trigger)."""
+
+    task_name: str
+    channel: str
+    trigger: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    atomic: bool = False
+
+
+_listeners: dict[tuple[str, str], dict[str, Listener]] = {}
+
+
+def listeners_for(channel: str, trigger: str) -> list[Listener]:
+    """The listeners a notification of ``channel`` recorded by ``trigger`` goes to."""
+    return list(_listeners.get((channel, trigger), {}).values())
+
+
+def registered_listeners() -> list[Listener]:
+    """Every registered listener."""
+    return [listener for found in _listeners.values() for listener in found.values()]
+
+
+def registered_channels() -> list[str]:
+    """Dotted names of every channel with at least one listener."""
+    return sorted({channel for channel, _ in _listeners})
+
+
+def find(channel: str, trigger: str, task_name: str) -> Listener | None:
+    """The listener of ``task_name`` on ``channel`` and ``trigger``, if registered."""
+    return _listeners.get((channel, trigger), {}).get(task_name)
+
+
+def register(listener: Listener) -> None:
+    _listeners.setdefault((listener.channel, listener.trigger), {})[listener.task_name] = listener
+
+
+def is_atomic(task_name: str) -> bool:
+    """Whether any listener of ``task_name`` was registered with ``atomic=True``."""
+    return any(found.atomic for found in registered_listeners() if found.task_name == task_name)

@@ -1,0 +1,123 @@
+"""What runs inside the worker: a listener task opens the notification it is sent.
+
+Decorating a listener adopts its task: its ``run`` decodes the bridge's envelope into the
+declared arguments, and runs an ``atomic=True`` listener once per task id. A task that fails
+for good is kept as a failed delivery in the notification's database.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, signals
+from celery.exceptions import Ignore
+from celery.local import Proxy
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+
+from pgcelery import celery_internals, messages, registry, sql
+
+logger = logging.getLogger(__name__)
+
+
+def adopt(target: Task | Proxy) -> Task:
+    """Teaches the task to open the bridge's notification before its own code runs.
+
+    Only the task's ``run`` is wrapped: calls without the notification argument
+    (``.delay()``, ``.apply_async()``, a direct call) behave exactly as before.
+    """
+    task: Task = target._get_current_object() if isinstance(target, Proxy) else target
+    if getattr(task, "_pgcelery_adopted", False):
+        return task
+    original = task.run
+    accepts = _accepted_arguments(original)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        envelope = kwargs.pop(messages.ENVELOPE, None)
+        if envelope is None:  # .delay(), .apply_async(), .apply(): atomic as the listener is
+            atomic = registry.is_atomic(task.name)
+            database = DEFAULT_DB_ALIAS
+        else:
+            kwargs = messages.arguments(envelope)
+            if accepts is not None:
+                kwargs = {key: value for key, value in kwargs.items() if key in accepts}
+            found = registry.find(envelope["channel"], envelope["trigger"], task.name)
+            atomic = found is not None and found.atomic
+            database = envelope["database"]
+        # A direct call (``task(...)``) has no task id to be run once under.
+        if atomic and task.request.id is not None:
+            return _run_once(task, database, lambda: original(*args, **kwargs))
+        return original(*args, **kwargs)
+
+    run.__wrapped__ = original  # type: ignore[attr-defined]
+    celery_internals.replace_run(task, run)
+    # A retry re-sends the request's own arguments: for a notification, the envelope alone,
+    # which the task's signature check (``typing=True``) would refuse.
+    celery_internals.skip_argument_check(task, lambda kwargs: messages.ENVELOPE in kwargs)
+    task._pgcelery_adopted = True  # type: ignore[attr-defined]
+    return task
+
+
+def _accepted_arguments(func: Callable) -> frozenset[str] | None:
+    """The keyword arguments ``func`` takes, or None when it takes ``**kwargs``."""
+    parameters = inspect.signature(func).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)
+
+
+def _run_once(task: Task, database: str, call: Callable[[], Any]) -> Any:
+    """Runs ``call`` in one transaction with a record of the task id.
+
+    A repeat of a committed run is a no-op that stores no state (Celery's ``Ignore``), so
+    a result backend keeps the result of the run that took effect.
+    """
+    with transaction.atomic(using=database):
+        with connections[database].cursor() as cursor:
+            cursor.execute(sql.RECORD_TASK, [task.request.id])
+            first = cursor.rowcount == 1
+        if first:
+            return call()
+    logger.info("Task %s[%s] already ran; skipping the repeat.", task.name, task.request.id)
+    raise Ignore()
+
+
+@signals.task_failure.connect
+def record_failed_delivery(sender: Task | None = None, task_id: str | None = None,
+                           exception: BaseException | None = None,
+                           kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    """Keeps a listener's task that failed for good as a failed delivery of its notification.
+
+    Celery sends ``task_failure`` once per delivery: after the last retry, not for each
+    attempt, and also for a rejected message or a hard time limit (in the worker's main
+    process). The row goes to the database the notification came from; it names the
+    listener and the task id, so a retry runs that listener only, under the same id.
+    """
+    envelope = (kwargs or {}).get(messages.ENVELOPE)
+    if envelope is None or sender is None or task_id is None:
+        return
+    request = sender.request
+    attempts = (request.retries if request.id == task_id else 0) + 1
+    reason = f"{type(exception).__name__}: {exception}"
+    database = envelope["database"]
+    values = [envelope["channel"], envelope["trigger"], envelope["payload"], envelope["context"],
+              reason, sender.name, task_id, attempts]
+    try:
+        connection = connections[database]
+        connection.close_if_unusable_or_obsolete()  # the failure may have broken it
+        with connection.cursor() as cursor:
+            cursor.execute(sql.RECORD_FAILED_DELIVERY, values)
+    except DatabaseError as exc:
+        logger.error(
+            "Could not record the failed delivery of task %s[%s] (notification %s on %s, "
+            "failed with %s) in database %r: %s. It is in this log and in the result backend "
+            "only; its payload was %.2000s",
+            sender.name, task_id, envelope["id"], envelope["channel"], reason, database,
+            exc, envelope["payload"],
+        )
+    else:
+        logger.warning("Task %s[%s] failed for good after %d attempt(s): kept as a failed "
+                       "delivery of notification %s on %s.", sender.name, task_id, attempts,
+                       envelope["id"], envelope["channel"])

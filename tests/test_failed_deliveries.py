@@ -1,0 +1,83 @@
+"""Listener tasks that fail for good, kept as failed deliveries: seen, retried, discarded."""
+
+import json
+
+import pytest
+
+import pgcelery
+from pgcelery.models import Notification
+from tests import support
+from tests.testapp.channels import Limited, Outcome
+from tests.testapp.models import Event
+
+pytestmark = pytest.mark.usefixtures("running")
+
+FAILS = "tests.testapp.listeners.outcome_fails"
+
+
+def events(listener):
+    return list(Event.objects.filter(listener=listener))
+
+
+def failed_deliveries():
+    return list(Notification.objects.filter(failed_at__isnull=False))
+
+
+def wait_for_failed(count):
+    support.wait_until(lambda: len(failed_deliveries()) == count, what=f"{count} failed")
+    support.settle()
+    return failed_deliveries()
+
+
+def test_a_failed_listener_is_one_failed_delivery_retried_to_it_alone_under_its_task_id():
+    pgcelery.notify(Outcome, n=1)
+    [failed] = wait_for_failed(1)
+    [attempt] = events("outcome_attempt")
+    assert (failed.channel, failed.listener, failed.task_id, failed.attempts) == (
+        "tests.testapp.channels.Outcome", FAILS, attempt.task_id, 1)
+    assert failed.failure == "RuntimeError: failing until allowed"
+    assert failed.payload == {"n": 1}
+    assert len(events("outcome_ok")) == 1  # the other listener succeeded and left nothing
+    assert Notification.objects.count() == 1
+
+    status = support.manage("pgcelery_status", "--json")
+    assert status.returncode == 2
+    assert json.loads(status.stdout)["channels"] == [{
+        "channel": "tests.testapp.channels.Outcome", "pending": 0,
+        "oldest_pending_seconds": None, "failed": 1,
+        "failures": [{"id": failed.id, "reason": "RuntimeError: failing until allowed",
+                      "listener": FAILS, "task_id": attempt.task_id}],
+    }]
+
+    Event.objects.create(listener="allow", data={})
+    retried = support.manage("pgcelery_failed", "retry", "--id", str(failed.id))
+    assert retried.returncode == 0, retried.stderr
+    support.wait_until(lambda: events("outcome_fixed"), what="the retried delivery")
+    support.settle()
+    [fixed] = events("outcome_fixed")
+    assert fixed.task_id == attempt.task_id
+    assert len(events("outcome_attempt")) == 2
+    assert len(events("outcome_ok")) == 1  # not run again
+    assert not Notification.objects.exists()
+    assert support.manage("pgcelery_status", "--json").returncode == 0
+
+
+def test_a_retried_delivery_that_fails_again_is_recorded_again_once():
+    pgcelery.notify(Outcome, n=2)
+    [failed] = wait_for_failed(1)
+    assert support.manage("pgcelery_failed", "retry", "--id", str(failed.id)).returncode == 0
+    support.wait_until(lambda: len(events("outcome_attempt")) == 2, what="the second attempt")
+    [again] = wait_for_failed(1)
+    assert (again.listener, again.task_id, again.attempts) == (FAILS, failed.task_id, 1)
+    assert again.id != failed.id
+    discarded = support.manage("pgcelery_failed", "discard", "--id", str(again.id))
+    assert discarded.returncode == 0
+    assert not Notification.objects.exists()
+
+
+def test_a_listener_past_its_soft_time_limit_is_a_failed_delivery():
+    pgcelery.notify(Limited, hold=5.0)
+    [failed] = wait_for_failed(1)
+    assert failed.listener == "tests.testapp.listeners.limited"
+    assert failed.failure.startswith("SoftTimeLimitExceeded")
+    assert len(events("limited_started")) == 1
