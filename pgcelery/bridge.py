@@ -201,25 +201,30 @@ class Bridge:
         An outbox woken is due at once. Wake-ups read off a socket while a batch ran end
         the wait at once, since their rows may have committed after the batch's claim.
         """
-        if self._woken(self._connected()):
+        connected = self._connected()
+        if self._woken(connected):
             return True
-        if timeout <= 0:
-            return False
-        connected = self._connected()  # without any lost while reading wake-ups
+        if timeout <= 0 or len(self._connected()) < len(connected):
+            return False  # a connection lost while reading wake-ups: its retry may be sooner
         waiting: list[Any] = [self._wake_r, *(outbox.connector for outbox in connected)]
         ready, _, _ = select.select(waiting, [], [], timeout)
         if self._wake_r in ready:
             self._drain_signal_wakeups()
-        return self._woken([outbox for outbox in connected if outbox.connector in ready])
+        return self._woken([outbox for outbox in connected if outbox.connector in ready],
+                           readable=True)
 
     def _connected(self) -> list[Outbox]:
         return [outbox for outbox in self.outboxes if outbox.connector.connected]
 
-    def _woken(self, outboxes: list[Outbox]) -> bool:
+    def _woken(self, outboxes: list[Outbox], readable: bool = False) -> bool:
+        """Reads the outboxes' wake-ups; those whose socket was ``readable`` for nothing are
+        checked, since that is how a lost connection shows."""
         woken = False
         for outbox in outboxes:
             try:
                 wakeups = outbox.connector.wakeups()
+                if readable and not wakeups:
+                    outbox.connector.ping()
             except outbox.connector.errors as exc:
                 outbox.connector.close()
                 outbox.health.failed(exc)

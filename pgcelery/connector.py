@@ -87,6 +87,15 @@ class Connector(abc.ABC):
         taken, self._wakeups = self._wakeups, []
         return taken
 
+    def ping(self) -> None:
+        """Raises one of :attr:`errors` if the connection is lost.
+
+        For a socket that was readable but gave no wake-up: psycopg2 reads the end of a
+        closed connection without an error, and only a query finds out.
+        """
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.PING)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Commits what ran inside, or rolls it back on any exception."""

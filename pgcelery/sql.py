@@ -45,6 +45,9 @@ _CHUNK_ROW = (
 
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
+#: Finds out whether a connection is still there.
+PING = "SELECT 1"
+
 #: Wakes the bridges listening on a channel, for rows put back in the queue.
 WAKE = "SELECT pg_notify(%s, '')"
 

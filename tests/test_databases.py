@@ -1,6 +1,8 @@
 """One bridge draining the outboxes of two real databases."""
 
 import json
+import select
+import threading
 
 import pytest
 from celery import current_app
@@ -9,6 +11,7 @@ from django.db import connections
 import pgcelery
 from pgcelery import messages
 from pgcelery.bridge import Bridge
+from pgcelery.connector import APPLICATION_NAME
 from pgcelery.models import Notification, TaskRecord
 from tests import support
 from tests.testapp.channels import Counted, Message
@@ -56,6 +59,29 @@ def test_one_wait_covers_every_database(bridge):
     assert bridge.drain() == 1
     [envelope] = published_envelopes()
     assert envelope["database"] == "other"
+
+
+def test_a_connection_lost_during_a_wait_is_retried_at_its_backoff_not_at_the_sweep(bridge):
+    """The wait ends when a connection turns out lost, so the retry is not put off until
+    the next sweep (300 s in the tests) or a wake-up on another database."""
+    for outbox in bridge.outboxes:
+        bridge._turn(outbox)
+    default, other = bridge.outboxes
+    with connections["other"].cursor() as cursor:
+        cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE application_name = %s AND datname = current_database()",
+                       [APPLICATION_NAME])
+        assert cursor.fetchone()[0] == 1
+    assert select.select([other.connector], [], [], 10)[0]  # the server said goodbye
+    waiting = threading.Thread(target=bridge._wait, args=(300,))
+    waiting.start()
+    waiting.join(60)
+    assert not waiting.is_alive(), "the wait went on for the sweep"
+    assert other.health.down and not other.connector.connected
+    assert bridge._next_turn() == other.health.retry_at < default.sweep_at
+    other.health.retry_at = 0.0
+    bridge._turn(other)
+    assert other.connector.connected and not other.health.down
 
 
 def test_notify_without_using_writes_to_the_default_database():
