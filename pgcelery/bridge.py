@@ -86,6 +86,11 @@ class Outbox:
     def next_turn(self) -> float:
         return self.sweep_at if self.connector.connected else self.health.retry_at
 
+    def lost(self, exc: Exception) -> None:
+        """Closes the connection that failed with ``exc``; it is retried at the backoff."""
+        self.connector.close()
+        self.health.failed(exc)
+
 
 class Bridge:
     """Turns the outboxes of one or more databases into Celery task messages until stopped."""
@@ -176,8 +181,7 @@ class Bridge:
             self._drain(outbox)
             self._prune_if_due(outbox)
         except outbox.connector.errors as exc:
-            outbox.connector.close()
-            outbox.health.failed(exc)
+            outbox.lost(exc)
             return
         except BrokerUnavailable as exc:
             self.broker.failed(exc)
@@ -226,8 +230,7 @@ class Bridge:
                 if readable and not wakeups:
                     outbox.connector.ping()
             except outbox.connector.errors as exc:
-                outbox.connector.close()
-                outbox.health.failed(exc)
+                outbox.lost(exc)
                 continue
             for pg_channel, payload in wakeups:
                 if payload:
