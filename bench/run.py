@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,10 @@ django.setup()
 
 from celery import current_app  # noqa: E402
 from demo import create_database  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 
+import pgcelery  # noqa: E402
+from bench.benchapp.channels import FailingTick, KeptTick, Tick  # noqa: E402
 from bench.benchapp.listeners import QUEUE  # noqa: E402
 from bench.benchapp.models import Hit  # noqa: E402
 
@@ -159,8 +162,8 @@ def queued() -> int:
 
 
 def reset() -> None:
-    execute("TRUNCATE pgcelery_notification, benchapp_source, benchapp_plain, "
-            "benchapp_naivesource, benchapp_hit")
+    execute("TRUNCATE pgcelery_notification, pgcelery_delivery, benchapp_source, "
+            "benchapp_plain, benchapp_naivesource, benchapp_hit")
     with current_app.connection_for_write() as conn, contextlib.suppress(conn.channel_errors):
         conn.default_channel.queue_purge(QUEUE)
 
@@ -225,6 +228,45 @@ def end_to_end(sizes: Sizes) -> Row:
     workers.stop()
     return Row(f"end to end: {sizes.end_to_end:,} through bridge + worker (prefork -c 2)",
                sizes.end_to_end / (done - committed), ceiling, "/s", "≥ 0.9× (ceiling)")
+
+
+def failed_deliveries() -> int:
+    return scalar("SELECT count(*) FROM pgcelery_notification WHERE failed_at IS NOT NULL")
+
+
+def notify_many(channel: type, count: int) -> None:
+    for start in range(0, count, 500):
+        with transaction.atomic():
+            for n in range(start, min(start + 500, count)):
+                pgcelery.notify(channel, n=n)
+
+
+def outcomes(sizes: Sizes) -> tuple[Row, Row]:
+    """What keeping outcomes costs end to end: a listener with ``redeliver_after``, and one
+    whose every run fails and is recorded, each against the same listener without."""
+
+    def through(channel: type, done: Callable[[], int]) -> Callable[[], float]:
+        def measure() -> float:
+            reset()
+            workers, process = worker(), bridge()
+            started = time.monotonic()
+            notify_many(channel, sizes.end_to_end)
+            finished = wait_until(lambda: done() >= sizes.end_to_end, interval=0.05)
+            process.stop()
+            workers.stop()
+            return sizes.end_to_end / (finished - started)
+
+        return measure
+
+    kept, failing, plain = median_of_runs(
+        through(KeptTick, functools.partial(hits, "kept")),
+        through(FailingTick, failed_deliveries),
+        through(Tick, functools.partial(hits, "plain")),
+    )
+    what = f"{sizes.end_to_end:,} notify() through bridge + worker"
+    return (Row(f"{what}, listener with redeliver_after", kept, plain, "/s", "cost, no target"),
+            Row(f"{what}, listener failing, each run recorded", failing, plain, "/s",
+                "cost, no target"))
 
 
 def paced(sizes: Sizes, rate: int) -> tuple[Row, Row, Row]:
@@ -313,6 +355,7 @@ MEASURES = {
     "latency": lambda sizes: [*paced(sizes, 200), *paced(sizes, 1000)],
     "write-cost": write_cost,
     "memory": lambda sizes: [memory(sizes)],
+    "outcomes": outcomes,
 }
 
 

@@ -26,11 +26,15 @@ from celery import Celery
 from pgcelery import channels, conf, messages, registry
 from pgcelery.connector import Connector, Failure, connector_for
 from pgcelery.publish import BrokerUnavailable, Publisher
+from pgcelery.registry import Listener
 
 logger = logging.getLogger(__name__)
 
-#: How often ``atomic=True`` task records past their retention are pruned.
+#: How often ``atomic=True`` task records and finished deliveries past their retention
+#: are pruned.
 PRUNE_INTERVAL = 3600.0
+#: A row's listeners: each with its task id and ``redeliver_after`` (None: off).
+Plan = list[tuple[Listener, str, float | None]]
 
 
 class Backoff:
@@ -81,10 +85,14 @@ class Outbox:
         self.health = Dependency(f"Database {connector.alias!r}", max_backoff)
         #: When to claim next without a wake-up; 0 is at once.
         self.sweep_at = 0.0
+        #: When the next unfinished delivery of a ``redeliver_after`` listener is due.
+        self.redeliver_at = 0.0
         self.pruned_at: float | None = None
 
     def next_turn(self) -> float:
-        return self.sweep_at if self.connector.connected else self.health.retry_at
+        if not self.connector.connected:
+            return self.health.retry_at
+        return min(self.sweep_at, self.redeliver_at)
 
     def lost(self, exc: Exception) -> None:
         """Closes the connection that failed with ``exc``; it is retried at the backoff."""
@@ -111,6 +119,13 @@ class Bridge:
         self.batch_size = batch_size or conf.batch_size()
         self.sweep_interval = sweep_interval or conf.sweep_interval()
         self.publisher = Publisher(app)
+        #: Whether any listener served here has ``redeliver_after``; if none, no delivery
+        #: is remembered, and none is looked for.
+        self.redelivers = any(
+            listener.redelivery_period() is not None
+            for listener in registry.registered_listeners()
+            if self.channels is None or listener.channel in self.channels
+        )
         self.broker = Dependency("Broker", max_backoff)
         self.stopping = False
         # Signals write to _wake_w (set_wakeup_fd), so a stop ends any wait at once.
@@ -179,6 +194,7 @@ class Bridge:
             if not outbox.connector.connected:
                 self._connect(outbox)
             self._drain(outbox)
+            self._redeliver_if_due(outbox)
             self._prune_if_due(outbox)
         except outbox.connector.errors as exc:
             outbox.lost(exc)
@@ -267,7 +283,7 @@ class Bridge:
         connector = outbox.connector
         with connector.transaction():
             rows = connector.claim(self.batch_size, self.channels)
-            failed = self._dispatch_all(rows, outbox.alias)
+            failed = self._dispatch_all(rows, outbox)
             connector.fail(failed)
             if rows:
                 connector.delete(row.id for row in rows)
@@ -275,21 +291,42 @@ class Bridge:
             logger.info("Published %d notification(s).", len(rows) - len(failed))
         return len(rows)
 
-    def _dispatch_all(self, rows: list[messages.Row], database: str) -> list[Failure]:
-        """Publishes the rows' tasks; returns (id, position, reason) of those that failed."""
+    def _dispatch_all(self, rows: list[messages.Row], outbox: Outbox) -> list[Failure]:
+        """Publishes the rows' tasks; returns (id, position, reason) of those that failed.
+
+        The deliveries of ``redeliver_after`` listeners are remembered before any message
+        leaves, in the claim's transaction.
+        """
         failed: list[Failure] = []
         if not rows:
             return failed
+        plans: list[tuple[messages.Row, Plan]] = []
+        for row in rows:
+            plan = self._plan(row)
+            if isinstance(plan, str):
+                failed.append(_failure(row, plan))
+            else:
+                plans.append((row, plan))
+        remembered = [(task_id, listener.task_name, row, period)
+                      for row, plan in plans for listener, task_id, period in plan
+                      if period is not None]
+        outbox.connector.remember(remembered)
+        unsent: list[str] = []
         with self.publisher.batch():
-            for row in rows:
-                reason = self._dispatch(row, database)
+            for row, plan in plans:
+                reason = self._send(row, plan, outbox.alias)
                 if reason is not None:
-                    logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
-                    failed.append((row.id, row.position, reason))
+                    failed.append(_failure(row, reason))
+                    unsent.extend(task_id for _, task_id, period in plan if period is not None)
+        outbox.connector.forget(unsent)
+        if remembered:
+            soonest = time.monotonic() + min(period for *_, period in remembered)
+            outbox.redeliver_at = min(outbox.redeliver_at, soonest)
         return failed
 
-    def _dispatch(self, row: messages.Row, database: str) -> str | None:
-        """Publishes the row's tasks; returns why it cannot be, or None once done."""
+    def _plan(self, row: messages.Row) -> Plan | str:
+        """The row's listeners, with their task ids and ``redeliver_after``; or why there are
+        none it can be sent to."""
         targets = registry.listeners_for(row.channel, row.trigger)
         if row.listener is not None:  # a failed delivery, retried: its listener only
             targets = [found for found in targets if found.task_name == row.listener]
@@ -299,8 +336,12 @@ class Bridge:
             messages.check(row)
         except (LookupError, TypeError, ValueError) as exc:
             return f"payload cannot be decoded: {exc}"
-        for listener in targets:
-            task_id = messages.task_id(row, listener.task_name, listener.trigger)
+        return [(listener, messages.task_id(row, listener.task_name, listener.trigger),
+                 self.publisher.redelivery_period(listener)) for listener in targets]
+
+    def _send(self, row: messages.Row, plan: Plan, database: str) -> str | None:
+        """Publishes the row's tasks; returns why it cannot be, or None once done."""
+        for listener, task_id, _ in plan:
             try:
                 self.publisher.publish(listener, row, database, task_id)
             except BrokerUnavailable:
@@ -311,12 +352,61 @@ class Bridge:
                          listener.task_name, task_id)
         return None
 
+    # -- redelivering ------------------------------------------------------------------
+
+    def _redeliver_if_due(self, outbox: Outbox) -> None:
+        """Publishes again the deliveries whose tasks have not finished in time."""
+        if not self.redelivers or time.monotonic() < outbox.redeliver_at:
+            return
+        while not self.stopping and self._redeliver(outbox) == self.batch_size:
+            pass
+        # Looked at again by the next sweep at the latest: another bridge may remember
+        # deliveries, and stop.
+        seconds = outbox.connector.next_redelivery(self.channels)
+        wait = self.sweep_interval if seconds is None else min(max(seconds, 0.0),
+                                                               self.sweep_interval)
+        outbox.redeliver_at = time.monotonic() + wait
+
+    def _redeliver(self, outbox: Outbox) -> int:
+        connector = outbox.connector
+        with connector.transaction():
+            due = connector.due_deliveries(self.batch_size, self.channels)
+            if not due:
+                return 0
+            with self.publisher.batch():
+                for row in due:
+                    self._send_again(row, outbox.alias)
+            connector.redelivered([row.task_id for row in due if row.task_id is not None])
+        return len(due)
+
+    def _send_again(self, row: messages.Row, database: str) -> None:
+        """Publishes a delivery again under its task id; one that cannot be waits a period."""
+        task_name, task_id = row.listener or "", row.task_id or ""
+        listener = registry.find(row.channel, row.trigger, task_name)
+        if listener is None:
+            logger.warning("Delivery %s[%s] of notification %d is due again, but %s is not "
+                           "registered in this bridge: left for a bridge that knows it.",
+                           task_name, task_id, row.id, task_name)
+            return
+        reason = self._send(row, [(listener, task_id, None)], database)
+        if reason is None:
+            logger.warning("Task %s[%s] (notification %d on %s) has not finished in time: "
+                           "published again.", task_name, task_id, row.id, row.channel)
+        else:
+            logger.error("Delivery %s[%s] of notification %d could not be published again: "
+                         "%s", task_name, task_id, row.id, reason)
+
     def _prune_if_due(self, outbox: Outbox) -> None:
         now = time.monotonic()
         if outbox.pruned_at is not None and now - outbox.pruned_at < PRUNE_INTERVAL:
             return
         outbox.connector.prune(conf.atomic_retention())
         outbox.pruned_at = now
+
+
+def _failure(row: messages.Row, reason: str) -> Failure:
+    logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
+    return (row.id, row.position, reason)
 
 
 def _no_listener_reason(row: messages.Row) -> str:

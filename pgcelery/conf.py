@@ -123,6 +123,17 @@ def atomic_retention() -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+def redeliver_after() -> float | None:
+    """The ``redeliver_after`` of listeners that do not set their own; None is off."""
+    value = _setting("PGCELERY_REDELIVER_AFTER", None)
+    return None if value is None else positive_seconds("PGCELERY_REDELIVER_AFTER", value)
+
+
+#: How long a finished delivery of a ``redeliver_after`` listener is remembered, so that a
+#: copy of its message still in a queue is skipped.
+FINISHED_DELIVERY_RETENTION = datetime.timedelta(hours=1)
+
+
 def check() -> None:
     """Reads every setting the bridge uses.
 
@@ -135,3 +146,4 @@ def check() -> None:
     sweep_interval()
     max_backoff()
     atomic_retention()
+    redeliver_after()

@@ -18,7 +18,7 @@ from typing import Any
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from pgcelery import messages, sql
+from pgcelery import conf, messages, sql
 
 #: Connection parameters Django passes that only its own cursors and adapters use.
 _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
@@ -29,6 +29,10 @@ APPLICATION_NAME = "pgcelery_bridge"
 Wakeup = tuple[str, str]
 #: A notification the bridge could not dispatch: (row id, position in the row, reason).
 Failure = tuple[int, int, str]
+#: A delivery of a ``redeliver_after`` listener: (task id, listener task, row, seconds).
+Remembered = tuple[str, str, messages.Row, float]
+#: A redelivery keeps its task id: the seed of new ones is not used.
+_NO_SEED = uuid.UUID(int=0)
 
 
 class Connector(abc.ABC):
@@ -130,9 +134,57 @@ class Connector(abc.ABC):
             cursor.execute(sql.DELETE, [sorted(set(ids))])
 
     def prune(self, retention: datetime.timedelta) -> None:
-        """Forgets the ``atomic=True`` task ids older than ``retention``."""
+        """Forgets the ``atomic=True`` task ids older than ``retention``, and the deliveries
+        that finished before ``conf.FINISHED_DELIVERY_RETENTION``."""
         with self.transaction(), self._connection.cursor() as cursor:
             cursor.execute(sql.PRUNE_TASK_RECORDS, [retention])
+            cursor.execute(sql.PRUNE_DELIVERIES, [conf.FINISHED_DELIVERY_RETENTION])
+
+    def remember(self, deliveries: Sequence[Remembered]) -> None:
+        """Remembers deliveries about to be published, until their tasks finish."""
+        if not deliveries:
+            return
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        for task_id, listener, row, seconds in deliveries:
+            for column, value in zip(columns, (task_id, listener, row.id, row.channel,
+                                               row.trigger, row.payload, row.context, seconds),
+                                     strict=True):
+                column.append(value)
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql.REMEMBER_DELIVERIES, columns)
+
+    def forget(self, task_ids: Sequence[str]) -> None:
+        """Forgets remembered deliveries whose messages were not sent after all."""
+        if task_ids:
+            with self._connection.cursor() as cursor:
+                cursor.execute(sql.FORGET_DELIVERIES, [list(task_ids)])
+
+    def due_deliveries(self, limit: int, channels: Sequence[str] | None) -> list[messages.Row]:
+        """Locks up to ``limit`` unfinished deliveries (of ``channels``) due to be published
+        again, each as the row it goes out as: its listener and task id set."""
+        names = list(channels) if channels else None
+        with self._connection.cursor() as cursor:
+            cursor.execute(sql.DUE_DELIVERIES, [names, names, limit])
+            return [
+                messages.Row(notification, 0, _NO_SEED, channel, trigger, payload, context,
+                             listener, task_id)
+                for task_id, listener, notification, channel, trigger, payload, context
+                in cursor.fetchall()
+            ]
+
+    def redelivered(self, task_ids: Sequence[str]) -> None:
+        """Counts a new publish of these deliveries; each is due again a period from now."""
+        if task_ids:
+            with self._connection.cursor() as cursor:
+                cursor.execute(sql.REDELIVERED, [list(task_ids)])
+
+    def next_redelivery(self, channels: Sequence[str] | None) -> float | None:
+        """Seconds until the next unfinished delivery (of ``channels``) is due, if any."""
+        names = list(channels) if channels else None
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.NEXT_REDELIVERY, [names, names])
+            seconds = cursor.fetchone()[0]
+        return None if seconds is None else float(seconds)
 
     @abc.abstractmethod
     def _open(self, params: dict[str, Any]) -> Any:

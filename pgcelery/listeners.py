@@ -14,7 +14,7 @@ import pgtrigger
 from celery import Task, shared_task
 from celery.local import Proxy
 
-from pgcelery import channels, registry, triggers, worker
+from pgcelery import channels, conf, registry, triggers, worker
 
 #: Options that say where and how the bridge dispatches the listener's task.
 DISPATCH_OPTIONS = ("queue", "priority", "countdown", "expires")
@@ -40,8 +40,11 @@ def listener(channel: channels.ChannelRef, **options: Any) -> ListenerDecorator:
     Args:
         channel: The channel class or its dotted path.
         **options: ``queue``, ``priority``, ``countdown``, ``expires`` (how the bridge
-            dispatches the task); ``atomic=True`` for exactly-once database effects; any
-            other option goes to ``shared_task`` when decorating a plain function.
+            dispatches the task); ``atomic=True`` for exactly-once database effects;
+            ``redeliver_after=SECONDS`` to publish a delivery again while its task has not
+            finished that long after its publish (``None`` turns off
+            ``PGCELERY_REDELIVER_AFTER`` for this listener); any other option goes to
+            ``shared_task`` when decorating a plain function.
     """
     resolved = _channel_of_kind(channel, channels.Channel, "listener")
     return _decorator(resolved, "", options)
@@ -112,6 +115,7 @@ def _channel_of_kind(channel: channels.ChannelRef, kind: type, decorator: str) -
 def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> ListenerDecorator:
     options = dict(options)
     atomic = bool(options.pop("atomic", False))
+    redeliver_after = _redeliver_after(options)
     dispatch = {key: options.pop(key) for key in DISPATCH_OPTIONS if key in options}
     name = channels.channel_name(channel)
 
@@ -126,7 +130,16 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Listener
         else:
             result = shared_task(**options)(target)
         task = worker.adopt(result)
-        registry.register(registry.Listener(task.name, name, trigger, dispatch, atomic))
+        registry.register(
+            registry.Listener(task.name, name, trigger, dispatch, atomic, redeliver_after)
+        )
         return result
 
     return cast(ListenerDecorator, decorate)
+
+
+def _redeliver_after(options: dict[str, Any]) -> float | None | registry.Default:
+    if "redeliver_after" not in options:
+        return registry.Default.SETTING
+    value = options.pop("redeliver_after")
+    return None if value is None else conf.positive_seconds("redeliver_after", value)

@@ -51,8 +51,10 @@ def task_id(row: Row, task_name: str, trigger: str) -> str:
     return f"{hexa[:8]}-{hexa[8:12]}-{hexa[12:16]}-{hexa[16:20]}-{hexa[20:]}"
 
 
-def envelope(row: Row, database: str) -> dict[str, Any]:
-    return {
+def envelope(row: Row, database: str, redeliver_after: float | None = None) -> dict[str, Any]:
+    """What the listener's task receives; ``redeliver_after`` tells it to mark its delivery
+    finished, and is left out for listeners without it."""
+    opened = {
         "id": row.id,
         "channel": row.channel,
         "trigger": row.trigger,
@@ -60,6 +62,9 @@ def envelope(row: Row, database: str) -> dict[str, Any]:
         "context": row.context,
         "database": database,
     }
+    if redeliver_after is not None:
+        opened["redeliver_after"] = redeliver_after
+    return opened
 
 
 def check(row: Row) -> None:

@@ -64,6 +64,49 @@ class Notification(models.Model):
         return f"{self.channel} #{self.pk}"
 
 
+class Delivery(models.Model):
+    """A published task of a ``redeliver_after`` listener, remembered until it finishes.
+
+    The bridge writes it in the transaction that claims the notification, before the
+    message leaves; the worker marks it finished when the task succeeds or fails for good.
+    One still unfinished at ``redeliver_at`` is published again under the same task id.
+    A finished one is kept a while, so a copy of its message that reaches a worker later
+    is recognised and skipped.
+    """
+
+    task_id = models.TextField(primary_key=True)
+    listener = models.TextField(null=True, help_text="The listener task it goes to.")
+    notification = models.BigIntegerField(
+        null=True, help_text="The id the notification had in the outbox."
+    )
+    channel = models.TextField(null=True)
+    trigger = models.TextField(null=True, blank=True)
+    payload = models.JSONField(null=True)
+    context = models.JSONField(null=True, blank=True)
+    period = models.DurationField(null=True, help_text="The listener's redeliver_after.")
+    publishes = models.PositiveIntegerField(default=1)
+    redeliver_at = models.DateTimeField(null=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "pgcelery_delivery"
+        indexes = [
+            models.Index(
+                fields=["redeliver_at"],
+                condition=models.Q(finished_at__isnull=True),
+                name="pgcelery_delivery_due_idx",
+            ),
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(finished_at__isnull=False),
+                name="pgcelery_delivery_done_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.listener}[{self.task_id}]"
+
+
 class TaskRecord(models.Model):
     """The id of a task an ``atomic=True`` listener committed, so a redelivery is a no-op."""
 

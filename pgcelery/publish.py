@@ -60,6 +60,8 @@ class Route:
 
     message_options: dict[str, Any]
     send_options: dict[str, Any]
+    #: The listener's ``redeliver_after``, resolved.
+    redeliver_after: float | None = None
     #: Set when the route allows writing the messages straight to the queue's Redis list.
     redis_list: RedisList | None = None
 
@@ -91,7 +93,7 @@ class Publisher:
                 self.app,
                 task_id,
                 listener.task_name,
-                {messages.ENVELOPE: messages.envelope(row, database)},
+                {messages.ENVELOPE: messages.envelope(row, database, route.redeliver_after)},
                 # What monitoring shows of the arguments; also spares a repr of the payload.
                 argsrepr="()",
                 kwargsrepr=f"{{{messages.ENVELOPE!r}: <notification {row.id} on {row.channel}>}}",
@@ -103,6 +105,15 @@ class Publisher:
             else:
                 celery_internals.send_message(self.app, self._open(), listener.task_name,
                                               message, **route.send_options)
+
+    def redelivery_period(self, listener: Listener) -> float | None:
+        """The listener's ``redeliver_after`` (its own, or the setting's).
+
+        Raises:
+            BrokerUnavailable: if the broker cannot be reached to declare its queue.
+        """
+        with self._broker_errors():
+            return self._route(listener).redeliver_after
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -150,7 +161,7 @@ class Publisher:
         queue = options.get("queue")
         if queue is not None and not queue.no_declare:
             self._open().maybe_declare(queue)
-        route = Route(message_options, options)
+        route = Route(message_options, options, listener.redelivery_period())
         if queue is not None and self._plain(options, queue):
             route.redis_list = RedisList(
                 queue.name,

@@ -7,7 +7,16 @@ bridge to dispatch and by the worker to open a notification.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
+
+from pgcelery import conf
+
+
+class Default(enum.Enum):
+    """An option the listener left to its setting."""
+
+    SETTING = "setting"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +28,14 @@ class Listener:
     trigger: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     atomic: bool = False
+    #: Seconds after which an unfinished delivery is published again; None: never.
+    redeliver_after: float | None | Default = Default.SETTING
+
+    def redelivery_period(self) -> float | None:
+        """``redeliver_after``, or ``PGCELERY_REDELIVER_AFTER`` where the listener set none."""
+        if self.redeliver_after is Default.SETTING:
+            return conf.redeliver_after()
+        return self.redeliver_after
 
 
 _listeners: dict[tuple[str, str], dict[str, Listener]] = {}

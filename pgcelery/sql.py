@@ -8,6 +8,7 @@ old and the new release of an app can run side by side in a deploy.
 
 OUTBOX = "pgcelery_notification"
 TASK_RECORDS = "pgcelery_taskrecord"
+DELIVERIES = "pgcelery_delivery"
 
 
 def literal(value: str) -> str:
@@ -162,3 +163,74 @@ ON CONFLICT (task_id) DO NOTHING
 """
 
 PRUNE_TASK_RECORDS = f"DELETE FROM {TASK_RECORDS} WHERE created_at < now() - %s"
+
+
+# -- deliveries of ``redeliver_after`` listeners ----------------------------------------------
+
+#: Remembers published deliveries, (task id, listener, notification id, channel, trigger,
+#: payload, context, seconds) each, before their messages leave: a worker that finishes one
+#: before the bridge commits waits on the row (see FINISH_DELIVERY). A delivery published
+#: again (a failed one retried, a crash's redelivery) starts afresh.
+REMEMBER_DELIVERIES = f"""
+INSERT INTO {DELIVERIES} (task_id, listener, notification, channel, trigger, payload, context,
+                         period, publishes, redeliver_at, finished_at)
+SELECT task_id, listener, notification, channel, trigger, payload::jsonb, context::jsonb,
+       make_interval(secs => seconds), 1, now() + make_interval(secs => seconds), NULL
+FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],
+            %s::text[], %s::float8[])
+    AS remembered (task_id, listener, notification, channel, trigger, payload, context, seconds)
+ON CONFLICT (task_id) DO UPDATE SET
+    listener = excluded.listener, notification = excluded.notification,
+    channel = excluded.channel, trigger = excluded.trigger, payload = excluded.payload,
+    context = excluded.context, period = excluded.period, publishes = 1,
+    redeliver_at = excluded.redeliver_at, finished_at = NULL
+"""
+
+#: Forgets deliveries whose messages were not sent after all.
+FORGET_DELIVERIES = f"DELETE FROM {DELIVERIES} WHERE task_id = ANY(%s)"
+
+#: Locks up to $1 unfinished deliveries (of the channels in $2, when not NULL) that are due,
+#: as (task id, listener, notification id, channel, trigger, payload, context).
+DUE_DELIVERIES = f"""
+SELECT task_id, listener, notification, channel, trigger, payload::text, context::text
+FROM {DELIVERIES}
+WHERE finished_at IS NULL AND redeliver_at <= now() AND (%s::text[] IS NULL OR channel = ANY(%s))
+ORDER BY redeliver_at
+LIMIT %s
+FOR UPDATE SKIP LOCKED
+"""
+
+#: Counts a new publish of deliveries, due again one period from now.
+REDELIVERED = f"""
+UPDATE {DELIVERIES} SET publishes = publishes + 1, redeliver_at = now() + period
+WHERE task_id = ANY(%s)
+"""
+
+#: Seconds until the next unfinished delivery is due (NULL when there is none).
+NEXT_REDELIVERY = f"""
+SELECT extract(epoch FROM min(redeliver_at) - now()) FROM {DELIVERIES}
+WHERE finished_at IS NULL AND (%s::text[] IS NULL OR channel = ANY(%s))
+"""
+
+#: Whether a delivery already finished: a copy of its message that arrives later is skipped.
+#: A finished delivery published again (a failed one retried) is being reset by a bridge
+#: that may not have committed yet: the lock waits for it, and sees the reset row.
+DELIVERY_FINISHED = f"""
+SELECT 1 FROM {DELIVERIES} WHERE task_id = %s AND finished_at IS NOT NULL FOR SHARE
+"""
+
+#: Marks a delivery finished. Inserting, rather than updating, waits on a bridge that has
+#: remembered the delivery but not yet committed, instead of missing its row.
+FINISH_DELIVERY = f"""
+INSERT INTO {DELIVERIES} (task_id, publishes, finished_at) VALUES (%s, 1, now())
+ON CONFLICT (task_id) DO UPDATE SET finished_at = now()
+"""
+
+#: Puts off the redelivery of a task Celery retries $1 seconds from now, by that much.
+POSTPONE_DELIVERY = f"""
+UPDATE {DELIVERIES} SET redeliver_at = now() + period + make_interval(secs => %s)
+WHERE task_id = %s AND finished_at IS NULL
+"""
+
+#: Finished deliveries are kept this long, for copies of their messages still in a queue.
+PRUNE_DELIVERIES = f"DELETE FROM {DELIVERIES} WHERE finished_at < now() - %s"

@@ -1,19 +1,23 @@
 """What runs inside the worker: a listener task opens the notification it is sent.
 
 Decorating a listener adopts its task: its ``run`` decodes the bridge's envelope into the
-declared arguments, and runs an ``atomic=True`` listener once per task id. A task that fails
-for good is kept as a failed delivery in the notification's database.
+declared arguments, runs an ``atomic=True`` listener once per task id, and marks the
+delivery of a ``redeliver_after`` listener finished. A task that fails for good is kept as a
+failed delivery in the notification's database.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import inspect
 import logging
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task, signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 from celery.local import Proxy
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 
@@ -46,10 +50,16 @@ def adopt(target: Task | Proxy) -> Task:
             found = registry.find(envelope["channel"], envelope["trigger"], task.name)
             atomic = found is not None and found.atomic
             database = envelope["database"]
-        # A direct call (``task(...)``) has no task id to be run once under.
-        if atomic and task.request.id is not None:
-            return _run_once(task, database, lambda: original(*args, **kwargs))
-        return original(*args, **kwargs)
+        call: Callable[[], Any] = functools.partial(original, *args, **kwargs)
+        task_id = task.request.id
+        # A direct call (``task(...)``) has no task id to be run once or finished under.
+        if task_id is None:
+            return call()
+        if atomic:
+            call = functools.partial(_run_once, task, database, call)
+        if envelope is not None and envelope.get("redeliver_after") is not None:
+            call = functools.partial(_run_delivery, task.name, task_id, database, call)
+        return call()
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
     celery_internals.replace_run(task, run)
@@ -84,6 +94,62 @@ def _run_once(task: Task, database: str, call: Callable[[], Any]) -> Any:
     raise Ignore()
 
 
+def _run_delivery(task_name: str, task_id: str, database: str, call: Callable[[], Any]) -> Any:
+    """Runs a delivery of a ``redeliver_after`` listener, then marks it finished.
+
+    A copy of a delivery that finished already (published again while it ran, or while
+    it waited in a queue) is skipped. A Celery retry puts the next redelivery off by the
+    retry's delay; a failure for good finishes it as a failed delivery.
+    """
+    if delivery_finished(database, task_id):
+        logger.info("Task %s[%s] finished already; skipping this copy.", task_name, task_id)
+        raise Ignore()
+    try:
+        result = call()
+    except Retry as exc:
+        _postpone_delivery(database, task_id, _seconds_until(exc.when))
+        raise
+    except Ignore:
+        finish_delivery(database, task_id)
+        raise
+    finish_delivery(database, task_id)
+    return result
+
+
+def delivery_finished(database: str, task_id: str) -> bool:
+    """Whether the delivery ``task_id`` finished already (it may be published again since)."""
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql.DELIVERY_FINISHED, [task_id])
+        return cursor.fetchone() is not None
+
+
+def _seconds_until(when: numbers.Real | datetime.datetime | None) -> float:
+    if isinstance(when, datetime.datetime):
+        return max((when - datetime.datetime.now(datetime.timezone.utc)).total_seconds(), 0.0)
+    return float(when or 0)
+
+
+def finish_delivery(database: str, task_id: str) -> None:
+    """Marks the delivery finished; if the database is unreachable, it will be published
+    again and its next run, if ``atomic=True``, is a no-op."""
+    try:
+        with connections[database].cursor() as cursor:
+            cursor.execute(sql.FINISH_DELIVERY, [task_id])
+    except DatabaseError as exc:
+        logger.error("Could not mark delivery %s finished in database %r (%s): it will be "
+                     "published again after its redeliver_after.", task_id, database, exc)
+
+
+def _postpone_delivery(database: str, task_id: str, seconds: float) -> None:
+    try:
+        with connections[database].cursor() as cursor:
+            cursor.execute(sql.POSTPONE_DELIVERY, [seconds, task_id])
+    except DatabaseError as exc:
+        logger.error("Could not put off the redelivery of retried task %s in database %r "
+                     "(%s): a copy may be published before the retry runs.",
+                     task_id, database, exc)
+
+
 @signals.task_failure.connect
 def record_failed_delivery(sender: Task | None = None, task_id: str | None = None,
                            exception: BaseException | None = None,
@@ -107,8 +173,10 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
     try:
         connection = connections[database]
         connection.close_if_unusable_or_obsolete()  # the failure may have broken it
-        with connection.cursor() as cursor:
+        with transaction.atomic(using=database), connection.cursor() as cursor:
             cursor.execute(sql.RECORD_FAILED_DELIVERY, values)
+            if envelope.get("redeliver_after") is not None:
+                cursor.execute(sql.FINISH_DELIVERY, [task_id])
     except DatabaseError as exc:
         logger.error(
             "Could not record the failed delivery of task %s[%s] (notification %s on %s, "

@@ -1,5 +1,7 @@
 import pytest
+from celery import current_app
 
+from pgcelery.bridge import Bridge
 from tests import support
 
 #: Test tiers, from the cheapest: no service; PostgreSQL (and the broker, in-process); the real
@@ -73,3 +75,24 @@ def spawn(log_dir):
     yield Spawn
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of the test's own, to stop, flush or freeze."""
+    server = support.RedisServer(tmp_path)
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+@pytest.fixture
+def bridge(transactional_db):
+    """A bridge in-process on the test database, connected, batches of 10; no worker."""
+    support.purge_queues()
+    bridge = Bridge(current_app._get_current_object(), batch_size=10)
+    bridge.connect()
+    yield bridge
+    bridge.close()
+    support.purge_queues()

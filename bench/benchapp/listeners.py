@@ -5,7 +5,7 @@ import time
 from celery import shared_task
 
 import pgcelery
-from bench.benchapp.channels import SourceChannel
+from bench.benchapp.channels import FailingTick, KeptTick, SourceChannel, Tick
 from bench.benchapp.models import Hit
 
 QUEUE = "bench"
@@ -14,6 +14,21 @@ QUEUE = "bench"
 @pgcelery.post_insert_listener(SourceChannel, queue=QUEUE)
 def source_inserted(old, new):
     Hit.objects.create(n=new.n, started=time.time(), via="pgcelery")
+
+
+@pgcelery.listener(Tick, queue=QUEUE)
+def ticked(n: int):
+    Hit.objects.create(n=n, started=time.time(), via="plain")
+
+
+@pgcelery.listener(KeptTick, queue=QUEUE, redeliver_after=600)
+def kept_ticked(n: int):
+    Hit.objects.create(n=n, started=time.time(), via="kept")
+
+
+@pgcelery.listener(FailingTick, queue=QUEUE)
+def failing_ticked(n: int):
+    raise RuntimeError(f"tick {n} fails")
 
 
 @shared_task(name="bench.naive_hit")

@@ -108,3 +108,28 @@ class Outcome(Channel):
 @dataclass
 class Limited(Channel):
     hold: float
+
+
+@dataclass
+class HardLimited(Channel):
+    hold: float
+
+
+@dataclass
+class Kept(Channel):
+    """Two listeners: one with ``redeliver_after``, one without."""
+
+    n: int
+
+
+@dataclass
+class Lingering(Channel):
+    """An ``atomic=True`` listener with ``redeliver_after`` shorter than its run."""
+
+    n: int
+    hold: float
+
+
+@dataclass
+class Rejected(Channel):
+    n: int

@@ -9,6 +9,7 @@ from typing import Any
 
 import pgtrigger
 from celery import current_task, shared_task
+from celery.exceptions import Reject
 from celery.signals import task_postrun
 from django.db import connection
 
@@ -18,11 +19,15 @@ from tests.testapp.channels import (
     Counted,
     Everything,
     Flaky,
+    HardLimited,
+    Kept,
     LegacyChannel,
     Limited,
+    Lingering,
     Message,
     Outcome,
     Ping,
+    Rejected,
     RestaurantChannel,
     Routed,
     SampleChannel,
@@ -199,4 +204,36 @@ def outcome_fails(n: int):
 def limited(hold: float):
     """Runs past its soft time limit when ``hold`` is longer."""
     record("limited_started")
+    time.sleep(hold)
+
+
+@pgcelery.listener(HardLimited)
+@shared_task(time_limit=1)
+def limited_hard(hold: float):
+    """Runs past its hard time limit when ``hold`` is longer: its process is killed."""
+    record("limited_hard_started")
+    time.sleep(hold)
+
+
+@pgcelery.listener(Rejected)
+def rejected(n: int):
+    """Rejects its message without requeueing it."""
+    record("rejected", n=n)
+    raise Reject("not for this worker", requeue=False)
+
+
+@pgcelery.listener(Kept, redeliver_after=3)
+def kept_redelivered(n: int):
+    record("kept_redelivered", n=n)
+
+
+@pgcelery.listener(Kept)
+def kept_plain(n: int):
+    record("kept_plain", n=n)
+
+
+@pgcelery.listener(Lingering, atomic=True, redeliver_after=2)
+def lingering(n: int, hold: float):
+    """Runs longer than its ``redeliver_after``, in one transaction."""
+    record("lingering", n=n)
     time.sleep(hold)
