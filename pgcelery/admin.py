@@ -15,9 +15,25 @@ class NotificationAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in Notification._meta.fields]
     ordering = ("id",)
     actions = ["retry_failed", "discard_failed"]
+    #: Pending and failed notifications alike are shown as recorded, never edited.
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        """Only a failed notification may be deleted (discarded): a pending one is the
+        bridge's to publish, and deleting it would lose it."""
+        if obj is None:  # the list page: the discard action checks each row itself
+            return super().has_delete_permission(request)
+        return obj.failed_at is not None and super().has_delete_permission(request, obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would delete pending notifications too
+        return actions
 
     @admin.action(description="Retry the selected failed notifications")
     def retry_failed(self, request, queryset) -> None:

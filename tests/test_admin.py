@@ -41,3 +41,33 @@ def test_admin_actions_retry_and_discard(admin_client, failed_ids):
     assert (retried.failed_at, retried.failure) == (None, None)
     admin_client.post(CHANGELIST, {"action": "discard_failed", "_selected_action": [second]})
     assert list(Notification.objects.values_list("id", flat=True)) == [first]
+
+
+@pytest.fixture
+def pending_id():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at) "
+            "VALUES (gen_random_uuid(), 'tests.testapp.channels.Message', '', "
+            "'{\"text\": \"pending\"}', now()) RETURNING id"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_pending_notifications_cannot_be_deleted_or_changed_from_the_admin(
+        admin_client, pending_id, failed_ids):
+    assert "delete_selected" not in admin_client.get(CHANGELIST).content.decode()
+    admin_client.post(CHANGELIST, {"action": "delete_selected",
+                                   "_selected_action": [pending_id], "post": "yes"})
+    assert admin_client.get(f"{CHANGELIST}{pending_id}/delete/").status_code == 403
+    assert admin_client.post(f"{CHANGELIST}{pending_id}/delete/",
+                             {"post": "yes"}).status_code == 403
+    assert admin_client.post(f"{CHANGELIST}{pending_id}/change/",
+                             {"channel": "x"}).status_code == 403
+    # The discard action leaves a pending notification alone; a failed one may be deleted.
+    admin_client.post(CHANGELIST, {"action": "discard_failed",
+                                   "_selected_action": [pending_id, failed_ids[0]]})
+    assert admin_client.post(f"{CHANGELIST}{failed_ids[1]}/delete/",
+                             {"post": "yes"}).status_code == 302
+    pending = Notification.objects.get()
+    assert (pending.pk, pending.channel) == (pending_id, "tests.testapp.channels.Message")
