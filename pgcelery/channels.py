@@ -115,6 +115,12 @@ def _import(path: str) -> type[BaseChannel]:
 
 
 def _check_dataclass(channel: type, name: str) -> None:
+    if "." in channel.__qualname__:
+        raise TypeError(
+            f"Channel {name!r} is defined inside a function or a class, where the bridge and "
+            "the workers cannot import it again by its dotted path. Define it at the top "
+            "level of a module, e.g. in myapp/channels.py."
+        )
     if not dataclasses.is_dataclass(channel):
         raise TypeError(f"Channel {name!r} must be decorated with @dataclass.")
     if issubclass(channel, TriggerChannel) and not _is_model(getattr(channel, "model", None)):

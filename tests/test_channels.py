@@ -51,19 +51,27 @@ def test_unknown_channel_paths_raise_a_clear_error(path, message):
     assert repr(path) in str(info.value)
 
 
-def test_a_channel_must_be_a_dataclass():
-    class NotDecorated(pgcelery.Channel):
+class NotDecorated(pgcelery.Channel):
+    n: int
+
+
+@dataclasses.dataclass
+class NoModel(pgcelery.TriggerChannel):
+    pass
+
+
+class Outer:
+    @dataclasses.dataclass
+    class Nested(pgcelery.Channel):
         n: int
 
+
+def test_a_channel_must_be_a_dataclass():
     with pytest.raises(TypeError, match="must be decorated with @dataclass"):
         channels.resolve(NotDecorated)
 
 
 def test_a_trigger_channel_needs_a_model():
-    @dataclasses.dataclass
-    class NoModel(pgcelery.TriggerChannel):
-        pass
-
     with pytest.raises(TypeError, match="must set `model`"):
         channels.resolve(NoModel)
 
@@ -71,3 +79,20 @@ def test_a_trigger_channel_needs_a_model():
 def test_resolve_rejects_other_objects():
     with pytest.raises(TypeError, match="Expected a Channel or TriggerChannel"):
         channels.resolve(Writer)
+
+
+def local_channel():
+    @dataclasses.dataclass
+    class Local(pgcelery.Channel):
+        n: int
+
+    return Local
+
+
+@pytest.mark.parametrize("channel", [Outer.Nested, local_channel()], ids=["nested", "local"])
+def test_a_channel_that_cannot_be_imported_again_is_refused_where_it_is_used(channel):
+    refused = "is defined inside a function or a class, where the bridge and the workers"
+    with pytest.raises(TypeError, match=refused):
+        pgcelery.listener(channel)
+    with pytest.raises(TypeError, match=refused):
+        pgcelery.notify(channel, n=1)
