@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery
 
 from pgcelery import channels, conf, messages, registry
-from pgcelery.connector import Connector, Failure, connector_for
+from pgcelery.connector import Connector, Failure, Scope, connector_for
 from pgcelery.publish import BrokerUnavailable, Publisher
 from pgcelery.registry import Listener
 
@@ -45,8 +45,12 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        self.failures += 1
-        return min(self.ceiling, self.first * 2 ** (self.failures - 1))
+        """The delay after one more failure. Once at the ceiling the exponent stops growing,
+        so an outage of any length never overflows it."""
+        delay = min(self.ceiling, self.first * 2**self.failures)
+        if delay < self.ceiling:
+            self.failures += 1
+        return delay
 
     def reset(self) -> None:
         self.failures = 0
@@ -116,6 +120,8 @@ class Bridge:
         aliases = list(databases) if databases else conf.databases()
         self.outboxes = [Outbox(connector_for(alias), max_backoff) for alias in aliases]
         self.channels = list(channels) if channels else None
+        self.scope = Scope.of(registry.registered_listeners(), self.channels,
+                              conf.unknown_grace())
         self.batch_size = batch_size or conf.batch_size()
         self.sweep_interval = sweep_interval or conf.sweep_interval()
         self.publisher = Publisher(app)
@@ -282,7 +288,7 @@ class Bridge:
     def _batch(self, outbox: Outbox) -> int:
         connector = outbox.connector
         with connector.transaction():
-            rows = connector.claim(self.batch_size, self.channels)
+            rows = connector.claim(self.batch_size, self.scope)
             failed = self._dispatch_all(rows, outbox)
             connector.fail(failed)
             if rows:

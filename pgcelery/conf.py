@@ -40,6 +40,15 @@ def positive_seconds(name: str, value: Any) -> float:
     return float(value)
 
 
+def seconds(name: str, value: Any) -> datetime.timedelta:
+    """``value`` (seconds, or a timedelta) as a duration of 0 or more."""
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _invalid(name, value, "a number of seconds of 0 or more")
+    return datetime.timedelta(seconds=value)
+
+
 def database_alias(name: str, value: Any) -> str:
     """``value`` as the alias of a PostgreSQL database in ``DATABASES``."""
     if not isinstance(value, str) or value not in settings.DATABASES:
@@ -129,6 +138,12 @@ def redeliver_after() -> float | None:
     return None if value is None else positive_seconds("PGCELERY_REDELIVER_AFTER", value)
 
 
+def unknown_grace() -> datetime.timedelta:
+    """How long rows of a channel or trigger the bridge does not know stay pending, for a
+    bridge that knows them, before it fails them (0: at once)."""
+    return seconds("PGCELERY_UNKNOWN_GRACE", _setting("PGCELERY_UNKNOWN_GRACE", 300))
+
+
 #: How long a finished delivery of a ``redeliver_after`` listener is remembered, so that a
 #: copy of its message still in a queue is skipped.
 FINISHED_DELIVERY_RETENTION = datetime.timedelta(hours=1)
@@ -147,3 +162,4 @@ def check() -> None:
     max_backoff()
     atomic_retention()
     redeliver_after()
+    unknown_grace()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import datetime
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ from django.db import connections
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from pgcelery import conf, messages, sql
+from pgcelery.registry import Listener
 
 #: Connection parameters Django passes that only its own cursors and adapters use.
 _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
@@ -33,6 +35,25 @@ Failure = tuple[int, int, str]
 Remembered = tuple[str, str, messages.Row, float]
 #: A redelivery keeps its task id: the seed of new ones is not used.
 _NO_SEED = uuid.UUID(int=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """Which pending rows a bridge claims."""
+
+    #: The channels it serves (``--channels``); None: every channel.
+    channels: list[str] | None
+    #: 'channel|trigger' of every listener it knows.
+    known: list[str]
+    #: How long rows of a channel or trigger it does not know wait for a bridge that knows
+    #: them (a newer release, during a rolling deploy) before it fails them.
+    grace: datetime.timedelta
+
+    @classmethod
+    def of(cls, listeners: Iterable[Listener], channels: Sequence[str] | None,
+           grace: datetime.timedelta) -> Scope:
+        known = sorted({f"{listener.channel}|{listener.trigger}" for listener in listeners})
+        return cls(list(channels) if channels else None, known, grace)
 
 
 class Connector(abc.ABC):
@@ -112,10 +133,10 @@ class Connector(abc.ABC):
                     self._connection.rollback()
             raise
 
-    def claim(self, limit: int, channels: Sequence[str] | None) -> list[messages.Row]:
-        """Locks pending rows holding up to ``limit`` notifications (of ``channels``)."""
+    def claim(self, limit: int, scope: Scope) -> list[messages.Row]:
+        """Locks pending rows in ``scope`` holding up to ``limit`` notifications."""
         with self._connection.cursor() as cursor:
-            cursor.execute(sql.CLAIM, [limit, list(channels) if channels else None])
+            cursor.execute(sql.CLAIM, [limit, scope.channels, scope.known, scope.grace])
             return [
                 messages.Row(row_id, position, uuid.UUID(seed), *rest)
                 for row_id, position, seed, *rest in cursor.fetchall()

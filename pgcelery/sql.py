@@ -55,16 +55,19 @@ WAKE = "SELECT pg_notify(%s, '')"
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
-#: Locks up to $1 pending rows (of the channels in $2, when not NULL), keeps those that start
-#: before $1 notifications, and returns their notifications one per result row: (id, position
-#: in the row, uuid, channel, trigger, payload, context, and for a failed delivery put back in
-#: the queue, its listener and task id). The other locked rows are free again
-#: at commit. Prepared once per connection: the bridge runs it for every wake-up.
+#: Locks up to $1 pending rows (of the channels in $2, when not NULL) whose channel and
+#: trigger ('channel|trigger') are in $3, or that are older than $4 (rows no bridge knows,
+#: to be failed), keeps those that start before $1 notifications, and returns their
+#: notifications one per result row: (id, position in the row, uuid, channel, trigger,
+#: payload, context, and for a failed delivery put back in the queue, its listener and task
+#: id). The other locked rows are free again at commit. Prepared once per connection: the
+#: bridge runs it for every wake-up.
 PREPARE_CLAIM = f"""
-PREPARE pgcelery_claim (integer, text[]) AS
+PREPARE pgcelery_claim (integer, text[], text[], interval) AS
 WITH locked AS (
     SELECT id, size FROM {OUTBOX}
     WHERE failed_at IS NULL AND ($2 IS NULL OR channel = ANY($2))
+      AND (channel || '|' || trigger = ANY($3) OR created_at < now() - $4)
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -86,7 +89,7 @@ CROSS JOIN LATERAL (
 ) AS n (payload, position)
 ORDER BY o.id, n.position
 """
-CLAIM = "EXECUTE pgcelery_claim (%s, %s)"
+CLAIM = "EXECUTE pgcelery_claim (%s, %s, %s, %s)"
 
 #: The bridge's commits only delete or mark rows: if the server crashed before flushing one,
 #: its rows would be published again with the same task ids. Not waiting for the flush takes
@@ -220,9 +223,12 @@ SELECT 1 FROM {DELIVERIES} WHERE task_id = %s AND finished_at IS NOT NULL FOR SH
 """
 
 #: Marks a delivery finished. Inserting, rather than updating, waits on a bridge that has
-#: remembered the delivery but not yet committed, instead of missing its row.
+#: remembered the delivery but not yet committed, instead of missing its row. Its commit
+#: does not wait for the disk: a mark lost in a server crash only means one more
+#: redelivery, which ``atomic=True`` makes a no-op.
 FINISH_DELIVERY = f"""
-INSERT INTO {DELIVERIES} (task_id, publishes, finished_at) VALUES (%s, 1, now())
+INSERT INTO {DELIVERIES} (task_id, publishes, finished_at)
+SELECT %s, 1, now() FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
 ON CONFLICT (task_id) DO UPDATE SET finished_at = now()
 """
 

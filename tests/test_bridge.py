@@ -1,6 +1,7 @@
 """The bridge in-process against the real database and the real broker, with no worker."""
 
 import collections
+import datetime
 import io
 import json
 import uuid
@@ -9,10 +10,13 @@ import pytest
 from celery import Celery, current_app
 from django.core.management import call_command
 from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
 
 import pgcelery
-from pgcelery import messages, sql
+from pgcelery import messages, registry, sql
 from pgcelery.bridge import Bridge
+from pgcelery.connector import Scope
 from pgcelery.models import Notification
 from pgcelery.publish import BrokerUnavailable, Publisher
 from pgcelery.registry import Listener
@@ -55,19 +59,25 @@ def test_dispatch_options_are_on_the_message(bridge):
     assert message.headers["expires"] is not None
 
 
-def insert_raw(channel, trigger="", payload="{}"):
+def insert_raw(channel, trigger="", payload="{}", age=0):
+    """Inserts an outbox row recorded ``age`` seconds ago."""
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at) "
-            "VALUES (%s, %s, %s, %s, now()) RETURNING id",
-            [uuid.uuid4(), channel, trigger, payload],
+            "VALUES (%s, %s, %s, %s, now() - make_interval(secs => %s)) RETURNING id",
+            [uuid.uuid4(), channel, trigger, payload, age],
         )
         return cursor.fetchone()[0]
 
 
+#: Older than PGCELERY_UNKNOWN_GRACE: no bridge that knows the row's channel took it.
+PAST_GRACE = 301
+
+
 def test_rows_that_cannot_be_dispatched_are_kept_as_failed_and_never_block_the_rest(bridge):
-    unknown = insert_raw("gone.channels.Removed")
-    orphan = insert_raw("tests.testapp.channels.WriterChannel", "pgcelery_after_i_0000000000")
+    unknown = insert_raw("gone.channels.Removed", age=PAST_GRACE)
+    orphan = insert_raw("tests.testapp.channels.WriterChannel", "pgcelery_after_i_0000000000",
+                        age=PAST_GRACE)
     pgcelery.notify(Message, text="after the bad rows")
     assert bridge.drain() == 3
     [message] = support.take_messages("celery")
@@ -80,6 +90,46 @@ def test_rows_that_cannot_be_dispatched_are_kept_as_failed_and_never_block_the_r
     assert [(s["channel"], s["pending"], s["failed"]) for s in channel_status("default")] == [
         ("gone.channels.Removed", 0, 1), ("tests.testapp.channels.WriterChannel", 0, 1)
     ]
+
+
+def test_rows_a_bridge_does_not_know_wait_for_one_that_does_then_fail(bridge):
+    """A rolling deploy: the old release's bridge leaves a new channel's rows, and a new
+    trigger's, to the new release's; past the grace, they fail as unknown."""
+    new_channel = insert_raw("brand.channels.New")
+    new_trigger = insert_raw("tests.testapp.channels.WriterChannel", "pgcelery_after_i_1111111111")
+    for n in range(15):  # more than a batch: they must not stop the rows behind them
+        pgcelery.notify(Message, text=str(n))
+    old_release = [listener for listener in registry.registered_listeners()
+                   if listener.channel != "tests.testapp.channels.Message"]
+    [outbox] = bridge.outboxes
+    bridge.scope = Scope.of(old_release, None, datetime.timedelta(seconds=300))
+    assert bridge.drain() == 0  # the Message rows are the new release's too
+    assert Notification.objects.filter(failed_at__isnull=True).count() == 17
+
+    bridge.scope = Scope.of(registry.registered_listeners(), None,
+                            datetime.timedelta(seconds=300))
+    assert bridge.drain() == 15
+    assert len(support.take_messages("celery")) == 15
+    pending = set(Notification.objects.filter(failed_at__isnull=True).values_list("id", flat=True))
+    assert pending == {new_channel, new_trigger}
+    status = {s["channel"]: (s["pending"], s["failed"]) for s in channel_status("default")}
+    assert status["brand.channels.New"] == (1, 0)
+
+    Notification.objects.update(created_at=timezone.now() - datetime.timedelta(seconds=301))
+    assert bridge.drain() == 2
+    failed = dict(Notification.objects.filter(failed_at__isnull=False).values_list("id", "failure"))
+    assert failed[new_channel].startswith("unknown channel 'brand.channels.New'")
+    assert failed[new_trigger].startswith("no listener for trigger")
+
+
+def test_a_grace_of_0_fails_unknown_rows_at_once(transactional_db):
+    with override_settings(PGCELERY_UNKNOWN_GRACE=0):
+        bridge = Bridge(current_app._get_current_object())
+    bridge.connect()
+    unknown = insert_raw("gone.channels.Removed")
+    assert bridge.drain() == 1
+    bridge.close()
+    assert Notification.objects.get(pk=unknown).failure.startswith("unknown channel")
 
 
 def test_drain_takes_as_many_batches_as_needed(bridge, caplog):
@@ -200,7 +250,7 @@ def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(brid
     pgcelery.notify(WithContext, n=1)
     [outbox] = bridge.outboxes
     with pytest.raises(RuntimeError), outbox.connector.transaction():
-        bridge._dispatch_all(outbox.connector.claim(10, None), outbox)
+        bridge._dispatch_all(outbox.connector.claim(10, bridge.scope), outbox)
         raise RuntimeError("the bridge died after publishing, before its commit")
     assert bridge.drain() == 1
     ids = collections.Counter(m.headers["id"] for m in support.take_messages("celery"))

@@ -20,6 +20,8 @@ from tests import support
     ("PGCELERY_ATOMIC_RETENTION", datetime.timedelta(0), "PGCELERY_ATOMIC_RETENTION must be"),
     ("PGCELERY_REDELIVER_AFTER", 0, "PGCELERY_REDELIVER_AFTER must be a number of seconds "
                                     "greater than 0; it is 0."),
+    ("PGCELERY_UNKNOWN_GRACE", -1, "PGCELERY_UNKNOWN_GRACE must be a number of seconds of 0 "
+                                  "or more; it is -1."),
     ("PGCELERY_DATABASE", "nope", "PGCELERY_DATABASE must be an alias of settings.DATABASES "
                                   "('default', 'other'); it is 'nope'."),
     ("PGCELERY_DATABASES", [], "PGCELERY_DATABASES must be a non-empty list"),
@@ -56,6 +58,12 @@ def test_backoff_doubles_up_to_its_ceiling_and_starts_again_after_a_success():
     assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     backoff.reset()
     assert backoff.next_delay() == 0.5
+
+
+def test_backoff_stays_at_its_ceiling_through_any_number_of_failures():
+    backoff = Backoff(ceiling=30.0)
+    delays = [backoff.next_delay() for _ in range(5000)]  # 2**1024 overflowed a float
+    assert max(delays) == delays[-1] == 30.0
 
 
 @pytest.mark.integration
