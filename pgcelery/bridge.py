@@ -25,7 +25,7 @@ from celery import Celery
 
 from pgcelery import channels, conf, messages, registry
 from pgcelery.connector import Connector, Failure, Scope, connector_for
-from pgcelery.publish import BrokerUnavailable, Publisher
+from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
 from pgcelery.registry import Listener
 
 logger = logging.getLogger(__name__)
@@ -352,7 +352,9 @@ class Bridge:
                 self.publisher.publish(listener, row, database, task_id)
             except BrokerUnavailable:
                 raise
-            except Exception as exc:  # a message the broker or serializer rejects
+            except MessageRefused as exc:
+                return f"publishing task {listener.task_name} failed: {exc}"
+            except Exception as exc:  # a message the serializer rejects
                 return f"publishing task {listener.task_name} failed: {exc!r}"
             logger.debug("Notification %d on %s -> task %s[%s]", row.id, row.channel,
                          listener.task_name, task_id)

@@ -40,6 +40,10 @@ class BrokerUnavailable(Exception):
     """The broker refused or lost the connection; nothing after it was published."""
 
 
+class MessageRefused(Exception):
+    """The broker refused one message (e.g. over its size limit) and took the others."""
+
+
 def celery_app() -> Celery:
     """The Celery app of the project: ``PGCELERY_CELERY_APP`` or the current app."""
     return conf.celery_app() or typing.cast(Any, current_app)._get_current_object()
@@ -86,8 +90,10 @@ class Publisher:
 
         Raises:
             BrokerUnavailable: if the broker cannot be reached.
+            MessageRefused: if the broker refused this message; the next one is sent on a
+                new channel.
         """
-        with self._broker_errors():
+        with self._broker_errors(refusals=True):
             route = self._route(listener)
             message = celery_internals.create_message(
                 self.app,
@@ -186,20 +192,29 @@ class Publisher:
         )
 
     @contextlib.contextmanager
-    def _broker_errors(self) -> Iterator[None]:
-        """Turns the broker's connection errors into BrokerUnavailable, closing the connection."""
+    def _broker_errors(self, refusals: bool = False) -> Iterator[None]:
+        """Turns the broker's errors into BrokerUnavailable, closing the connection.
+
+        With ``refusals``, a channel error (AMQP closes the channel of a message it refuses,
+        e.g. ``406 PRECONDITION_FAILED`` over its size limit) is MessageRefused instead.
+        """
         try:
             yield
-        except BrokerUnavailable:
+        except (BrokerUnavailable, MessageRefused):
             raise
         except Exception as exc:
             connection = self._connection
-            broker_errors: tuple[type[BaseException], ...] = (kombu.exceptions.OperationalError,)
+            connection_errors: tuple[type[BaseException], ...] = (
+                kombu.exceptions.OperationalError,)
+            channel_errors: tuple[type[BaseException], ...] = ()
             if connection is not None:
-                broker_errors += connection.connection_errors + connection.channel_errors
-            if not isinstance(exc, broker_errors):
+                connection_errors += connection.connection_errors
+                channel_errors = connection.channel_errors
+            if not isinstance(exc, connection_errors + channel_errors):
                 raise
             self.close()
+            if refusals and not isinstance(exc, connection_errors):
+                raise MessageRefused(f"the broker refused the message: {exc}") from exc
             raise BrokerUnavailable(str(exc)) from exc
 
     def _open(self) -> Producer:

@@ -273,3 +273,21 @@ def test_one_task_on_two_channels_keeps_each_listeners_route(transactional_db):
         publisher.close()
     assert [m.headers["id"] for m in support.take_messages("stats")] == ["task-0", "task-2"]
     assert [m.headers["id"] for m in support.take_messages("tests.routed")] == ["task-1"]
+
+
+def test_a_message_the_broker_refuses_fails_its_notification_alone(bridge, caplog):
+    if not current_app.conf.broker_url.startswith("amqp"):
+        pytest.skip("RabbitMQ refuses messages over its max_message_size (128 MB by default)")
+    pgcelery.notify(Message, text="before")
+    pgcelery.notify(Message, text="x" * (130 * 1024 * 1024))
+    pgcelery.notify(Message, text="after")
+    with caplog.at_level("ERROR", logger="pgcelery.bridge"):
+        assert bridge.drain() == 3
+    texts = [json.loads(m.decode()[1][messages.ENVELOPE]["payload"])["text"]
+             for m in support.take_messages("celery")]
+    assert texts == ["before", "after"]
+    [failed] = Notification.objects.filter(failed_at__isnull=False)
+    assert "PRECONDITION_FAILED" in failed.failure and "max size" in failed.failure
+    assert failed.failure.startswith("publishing task tests.testapp.listeners.message_received "
+                                     "failed: the broker refused the message")
+    assert not bridge.broker.down
