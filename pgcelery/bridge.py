@@ -215,6 +215,12 @@ class Bridge:
     def _connect(self, outbox: Outbox) -> None:
         names = self.channels or registry.registered_channels()
         outbox.connector.connect(channels.pg_channel(name) for name in names)
+        if not outbox.connector.listening:
+            logger.warning(
+                "Database %r: wake-ups do not reach the bridge (LISTEN does not work through "
+                "a transaction pooler such as pgbouncer in transaction mode), so it sweeps the "
+                "outbox every %.1f s instead. Connect the bridge to PostgreSQL directly or "
+                "through session pooling.", outbox.alias, self.sweep_interval)
 
     def _next_turn(self) -> float:
         return max(min(outbox.next_turn() for outbox in self.outboxes), self.broker.retry_at)

@@ -12,6 +12,9 @@ import abc
 import contextlib
 import dataclasses
 import datetime
+import secrets
+import select
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -26,6 +29,8 @@ from pgcelery.registry import Listener
 _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
 #: How the bridge's connections show in pg_stat_activity.
 APPLICATION_NAME = "pgcelery_bridge"
+#: How long a connection waits for its probe wake-up before it concludes none arrive.
+PROBE_SECONDS = 2.0
 
 #: A wake-up as received: (pg channel, payload).
 Wakeup = tuple[str, str]
@@ -68,28 +73,72 @@ class Connector(abc.ABC):
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
+        #: Whether wake-ups reach the connection (not through a transaction pooler).
+        self.listening = False
         self._connection: Any = None
         self._wakeups: list[Wakeup] = []
+        self._claim = sql.CLAIM
 
     @property
     def connected(self) -> bool:
         return self._connection is not None
 
     def connect(self, pg_channels: Iterable[str]) -> None:
-        """Opens the connection and LISTENs on ``pg_channels``."""
+        """Opens the connection and LISTENs on ``pg_channels``, if wake-ups can reach it.
+
+        Through a transaction pooler (pgbouncer's transaction mode) they cannot: each
+        transaction may run in another server session. Then the connection sets nothing
+        that outlives a transaction (no LISTEN, no prepared claim), and :attr:`listening`
+        is False: the bridge sweeps.
+        """
         params = connections[self.alias].get_connection_params()
         for key in _DJANGO_ONLY_PARAMS:
             params.pop(key, None)
         params.setdefault("connect_timeout", 10)
         params["application_name"] = APPLICATION_NAME
         self._connection = self._open(params)
+        self._receive_wakeups()
+        self.listening = self._wakeups_arrive(params)
+        self._claim = sql.CLAIM
+        if not self.listening:
+            return
+        name = f"pgcelery_claim_{secrets.token_hex(8)}"
         with self.transaction(), self._connection.cursor() as cursor:
-            cursor.execute(sql.BRIDGE_SESSION)
-            cursor.execute(sql.PREPARE_CLAIM)
-            for name in pg_channels:
-                cursor.execute(sql.listen(name))
+            cursor.execute(sql.prepare_claim(name))
+            for pg_channel in pg_channels:
+                cursor.execute(sql.listen(pg_channel))
         # LISTEN takes effect at commit: committed before the first claim, so no
         # notification committed after that claim can go unnoticed.
+        self._claim = sql.execute_claim(name)
+
+    def _wakeups_arrive(self, params: dict[str, Any]) -> bool:
+        """Whether a wake-up sent from another connection reaches this one.
+
+        A probe channel of its own, LISTENed in one transaction and notified from a new
+        connection: on a direct or session-pooled connection it arrives at once; through a
+        transaction pooler the session that LISTENed is another client's by then.
+        """
+        probe = f"pgcelery_probe_{secrets.token_hex(8)}"
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.listen(probe))
+        sender = self._open(params)
+        try:
+            with sender.cursor() as cursor:
+                cursor.execute(sql.WAKE, [probe])
+            sender.commit()
+        finally:
+            sender.close()
+        deadline = time.monotonic() + PROBE_SECONDS
+        while not any(channel == probe for channel, _ in self._wakeups):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([self], [], [], remaining)
+            self._read_wakeups()
+        self._wakeups = [wakeup for wakeup in self._wakeups if wakeup[0] != probe]
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.unlisten(probe))
+        return True
 
     def close(self) -> None:
         if self._connection is not None:
@@ -136,7 +185,8 @@ class Connector(abc.ABC):
     def claim(self, limit: int, scope: Scope) -> list[messages.Row]:
         """Locks pending rows in ``scope`` holding up to ``limit`` notifications."""
         with self._connection.cursor() as cursor:
-            cursor.execute(sql.CLAIM, [limit, scope.channels, scope.known, scope.grace])
+            cursor.execute(self._claim, {"limit": limit, "channels": scope.channels,
+                                         "known": scope.known, "grace": scope.grace})
             return [
                 messages.Row(row_id, position, uuid.UUID(seed), *rest)
                 for row_id, position, seed, *rest in cursor.fetchall()
@@ -212,6 +262,10 @@ class Connector(abc.ABC):
         """A new driver connection from Django's connection parameters."""
 
     @abc.abstractmethod
+    def _receive_wakeups(self) -> None:
+        """Makes the wake-ups the driver reads during queries reach ``self._wakeups``."""
+
+    @abc.abstractmethod
     def _read_wakeups(self) -> None:
         """Moves the wake-ups waiting on the socket into ``self._wakeups``."""
 
@@ -226,6 +280,9 @@ class Psycopg2Connector(Connector):
 
     def _open(self, params: dict[str, Any]) -> Any:
         return self._psycopg2.connect(**params)
+
+    def _receive_wakeups(self) -> None:
+        """psycopg2 keeps them in ``notifies``, which :meth:`_read_wakeups` empties."""
 
     def _read_wakeups(self) -> None:
         # psycopg2 keeps what it read during queries in ``notifies``, too.
@@ -245,14 +302,15 @@ class PsycopgConnector(Connector):
         self.errors = (psycopg.OperationalError, psycopg.InterfaceError)
 
     def _open(self, params: dict[str, Any]) -> Any:
-        connection = self._psycopg.connect(
+        return self._psycopg.connect(
             **params, cursor_factory=self._psycopg.ClientCursor, prepare_threshold=None
         )
+
+    def _receive_wakeups(self) -> None:
         # Called for the wake-ups psycopg reads while it runs a query.
-        connection.add_notify_handler(
+        self._connection.add_notify_handler(
             lambda notify: self._wakeups.append((notify.channel, notify.payload))
         )
-        return connection
 
     def _read_wakeups(self) -> None:
         pgconn = self._connection.pgconn

@@ -25,6 +25,10 @@ def listen(pg_channel: str) -> str:
     return f"LISTEN {identifier(pg_channel)}"
 
 
+def unlisten(pg_channel: str) -> str:
+    return f"UNLISTEN {identifier(pg_channel)}"
+
+
 #: The stored functions the triggers in apps' migrations call, each created by the pgcelery
 #: migration named here; their SQL lives, frozen, in that migration.
 NOTIFY_FUNCTION = "pgcelery_notify_v1"
@@ -55,32 +59,37 @@ WAKE = "SELECT pg_notify(%s, '')"
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
-#: Locks up to $1 pending rows (of the channels in $2, when not NULL) whose channel and
-#: trigger ('channel|trigger') are in $3, or that are older than $4 (rows no bridge knows,
-#: to be failed), keeps those that start before $1 notifications, and returns their
-#: notifications one per result row: (id, position in the row, uuid, channel, trigger,
-#: payload, context, and for a failed delivery put back in the queue, its listener and task
-#: id). The other locked rows are free again at commit. Prepared once per connection: the
-#: bridge runs it for every wake-up.
-PREPARE_CLAIM = f"""
-PREPARE pgcelery_claim (integer, text[], text[], interval) AS
-WITH locked AS (
+#: Locks up to {limit} pending rows (of the channels in {channels}, when not NULL) whose
+#: channel and trigger ('channel|trigger') are in {known}, or that are older than {grace}
+#: (rows no bridge knows, to be failed), keeps those that start before {limit}
+#: notifications, and returns their notifications one per result row: (id, position in the
+#: row, uuid, channel, trigger, payload, context, and for a failed delivery put back in the
+#: queue, its listener and task id). The other locked rows are free again at commit.
+#: The transaction's commit does not wait for the disk: it only deletes or marks rows, and
+#: if the server crashed before flushing it, its rows would be published again with the
+#: same task ids. Set for the transaction only, so nothing outlives it on a pooled session.
+_CLAIM = f"""
+WITH unsynced AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'off', true)
+), locked AS (
     SELECT id, size FROM {OUTBOX}
-    WHERE failed_at IS NULL AND ($2 IS NULL OR channel = ANY($2))
-      AND (channel || '|' || trigger = ANY($3) OR created_at < now() - $4)
+    WHERE failed_at IS NULL AND ({{channels}}::text[] IS NULL OR channel = ANY({{channels}}))
+      AND (channel || '|' || trigger = ANY({{known}}::text[])
+           OR created_at < now() - {{grace}}::interval)
     ORDER BY id
-    LIMIT $1
+    LIMIT {{limit}}
     FOR UPDATE SKIP LOCKED
 ), kept AS (
     SELECT id FROM (
         SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM locked
     ) AS counted
-    WHERE before < $1
+    WHERE before < {{limit}}
 )
 SELECT o.id, n.position, o.uuid::text, o.channel, o.trigger, n.payload::text, o.context::text,
        o.listener, o.task_id
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
+CROSS JOIN unsynced
 CROSS JOIN LATERAL (
     SELECT o.payload, 0::bigint WHERE o.side IS NULL
     UNION ALL
@@ -89,12 +98,23 @@ CROSS JOIN LATERAL (
 ) AS n (payload, position)
 ORDER BY o.id, n.position
 """
-CLAIM = "EXECUTE pgcelery_claim (%s, %s, %s, %s)"
+#: The claim as the bridge runs it where its session is its own: prepared once per
+#: connection under ``name`` (planning took ~0.35 ms per wake-up), then executed.
+_ARGUMENTS = "(%(limit)s, %(channels)s, %(known)s, %(grace)s)"
 
-#: The bridge's commits only delete or mark rows: if the server crashed before flushing one,
-#: its rows would be published again with the same task ids. Not waiting for the flush takes
-#: a disk sync off every batch.
-BRIDGE_SESSION = "SET synchronous_commit = off"
+
+def prepare_claim(name: str) -> str:
+    return f"PREPARE {identifier(name)} (integer, text[], text[], interval) AS " + _CLAIM.format(
+        limit="$1", channels="$2", known="$3", grace="$4")
+
+
+def execute_claim(name: str) -> str:
+    return f"EXECUTE {identifier(name)} {_ARGUMENTS}"
+
+
+#: The claim run as it is, where a pooler may give each transaction another session.
+CLAIM = _CLAIM.format(limit="%(limit)s", channels="%(channels)s", known="%(known)s",
+                      grace="%(grace)s")
 
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"
