@@ -138,6 +138,13 @@ def redeliver_after() -> float | None:
     return None if value is None else positive_seconds("PGCELERY_REDELIVER_AFTER", value)
 
 
+def context_max_bytes() -> int:
+    """The largest notification context, as JSON: it is copied into every notification of
+    its transaction."""
+    return positive_int("PGCELERY_CONTEXT_MAX_BYTES",
+                        _setting("PGCELERY_CONTEXT_MAX_BYTES", 64 * 1024))
+
+
 def unknown_grace() -> datetime.timedelta:
     """How long rows of a channel or trigger the bridge does not know stay pending, for a
     bridge that knows them, before it fails them (0: at once)."""
@@ -163,3 +170,4 @@ def check() -> None:
     atomic_retention()
     redeliver_after()
     unknown_grace()
+    context_max_bytes()

@@ -7,7 +7,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.transaction import TransactionManagementError
 
-from pgcelery import channels, payloads, sql
+from pgcelery import channels, conf, payloads, sql
 
 
 def notify(channel: channels.ChannelRef, *, using: str | None = None, **kwargs: Any) -> None:
@@ -44,6 +44,8 @@ def set_notification_context(context: dict[str, Any], using: str | None = None) 
         TransactionManagementError: outside ``transaction.atomic()``, where there is no
             transaction for the context to belong to.
         TypeError: if ``context`` is not a JSON-serialisable dict.
+        ValueError: if it is larger than ``PGCELERY_CONTEXT_MAX_BYTES`` as JSON: it is
+            copied into every notification of the transaction.
     """
     alias = using or DEFAULT_DB_ALIAS
     if not isinstance(context, dict):
@@ -54,5 +56,13 @@ def set_notification_context(context: dict[str, Any], using: str | None = None) 
             f"on database {alias!r}: the context belongs to one transaction."
         )
     encoded = payloads.dump(payloads.encode(context, dict))
+    size, limit = len(encoded.encode()), conf.context_max_bytes()
+    if size > limit:
+        raise ValueError(
+            f"set_notification_context(): the context is {size:,} bytes as JSON, over "
+            f"PGCELERY_CONTEXT_MAX_BYTES ({limit:,}). It is copied into every notification "
+            "of the transaction: keep ids in it and let listeners load the rest, or raise "
+            "the setting."
+        )
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.SET_CONTEXT, [encoded])

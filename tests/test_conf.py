@@ -22,6 +22,8 @@ from tests import support
                                     "greater than 0; it is 0."),
     ("PGCELERY_UNKNOWN_GRACE", -1, "PGCELERY_UNKNOWN_GRACE must be a number of seconds of 0 "
                                   "or more; it is -1."),
+    ("PGCELERY_CONTEXT_MAX_BYTES", 0, "PGCELERY_CONTEXT_MAX_BYTES must be an integer of at "
+                                      "least 1; it is 0."),
     ("PGCELERY_DATABASE", "nope", "PGCELERY_DATABASE must be an alias of settings.DATABASES "
                                   "('default', 'other'); it is 'nope'."),
     ("PGCELERY_DATABASES", [], "PGCELERY_DATABASES must be a non-empty list"),

@@ -4,6 +4,7 @@ import select
 import pytest
 from django.db import transaction
 from django.db.transaction import TransactionManagementError
+from django.test import override_settings
 
 import pgcelery
 from pgcelery.connector import connector_for
@@ -87,3 +88,14 @@ def test_context_must_be_a_json_dict():
         pgcelery.set_notification_context(["x"])
     with pytest.raises(TypeError, match="needs a declared type"):
         pgcelery.set_notification_context({"day": datetime.date.today()})
+
+
+@pytest.mark.django_db
+def test_a_context_over_its_size_limit_is_refused_at_once():
+    with transaction.atomic():
+        pgcelery.set_notification_context({"blob": "x" * 65_000})  # under 64 KiB
+        with pytest.raises(ValueError, match=r"the context is 5,242,\d+ bytes as JSON, over "
+                                             r"PGCELERY_CONTEXT_MAX_BYTES \(65,536\)"):
+            pgcelery.set_notification_context({"blob": "x" * (5 * 1024 * 1024)})
+        with override_settings(PGCELERY_CONTEXT_MAX_BYTES=8 * 1024 * 1024):
+            pgcelery.set_notification_context({"blob": "x" * (5 * 1024 * 1024)})
