@@ -4,6 +4,7 @@ The naive baseline reads notifications with psycopg2's API, so both sides run on
 psycopg 3, which Django would prefer when it is installed too, is hidden.
 """
 
+import os
 import sys
 
 from proj.settings import *  # noqa: F403
@@ -14,3 +15,7 @@ sys.modules["psycopg"] = None  # type: ignore[assignment]  # importing it now fa
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]
 # A database of its own, beside the one DATABASE_URL names.
 DATABASES = {"default": {**DATABASES["default"], "NAME": "pgcelery_bench"}}
+
+# The memory measure compares the byte budget with none.
+if "PGCELERY_BATCH_BYTES" in os.environ:
+    PGCELERY_BATCH_BYTES = int(os.environ["PGCELERY_BATCH_BYTES"])

@@ -123,6 +123,7 @@ class Bridge:
         self.scope = Scope.of(registry.registered_listeners(), self.channels,
                               conf.unknown_grace())
         self.batch_size = batch_size or conf.batch_size()
+        self.batch_bytes = conf.batch_bytes()
         self.sweep_interval = sweep_interval or conf.sweep_interval()
         self.publisher = Publisher(app)
         #: Whether any listener served here has ``redeliver_after``; if none, no delivery
@@ -284,24 +285,24 @@ class Bridge:
 
     def _drain(self, outbox: Outbox) -> int:
         handled = 0
-        while not self.stopping:
-            count = self._batch(outbox)
+        more = True
+        while more and not self.stopping:
+            count, more = self._batch(outbox)
             handled += count
-            if count < self.batch_size:
-                break
         return handled
 
-    def _batch(self, outbox: Outbox) -> int:
+    def _batch(self, outbox: Outbox) -> tuple[int, bool]:
+        """Publishes one claim's notifications; returns how many, and whether more wait."""
         connector = outbox.connector
         with connector.transaction():
-            rows = connector.claim(self.batch_size, self.scope)
+            rows, left = connector.claim(self.batch_size, self.batch_bytes, self.scope)
             failed = self._dispatch_all(rows, outbox)
             connector.fail(failed)
             if rows:
                 connector.delete(row.id for row in rows)
         if len(rows) > len(failed):
             logger.info("Published %d notification(s).", len(rows) - len(failed))
-        return len(rows)
+        return len(rows), left or len(rows) >= self.batch_size
 
     def _dispatch_all(self, rows: list[messages.Row], outbox: Outbox) -> list[Failure]:
         """Publishes the rows' tasks; returns (id, position, reason) of those that failed.

@@ -111,6 +111,12 @@ def batch_size() -> int:
     return positive_int("PGCELERY_BATCH_SIZE", _setting("PGCELERY_BATCH_SIZE", 500))
 
 
+def batch_bytes() -> int:
+    """How many stored payload bytes the bridge claims per round trip (one row, whatever its
+    size): its memory is bounded by this, not only by ``PGCELERY_BATCH_SIZE``."""
+    return positive_int("PGCELERY_BATCH_BYTES", _setting("PGCELERY_BATCH_BYTES", 64 * 2**20))
+
+
 def sweep_interval() -> float:
     """Seconds between sweeps of the outbox when no wake-up arrives."""
     return positive_seconds("PGCELERY_SWEEP_INTERVAL", _setting("PGCELERY_SWEEP_INTERVAL", 5.0))
@@ -165,6 +171,7 @@ def check() -> None:
     databases()
     celery_app()
     batch_size()
+    batch_bytes()
     sweep_interval()
     max_backoff()
     atomic_retention()

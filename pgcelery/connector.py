@@ -182,15 +182,21 @@ class Connector(abc.ABC):
                     self._connection.rollback()
             raise
 
-    def claim(self, limit: int, scope: Scope) -> list[messages.Row]:
-        """Locks pending rows in ``scope`` holding up to ``limit`` notifications."""
+    def claim(self, limit: int, budget: int, scope: Scope) -> tuple[list[messages.Row], bool]:
+        """Locks pending rows in ``scope`` holding up to ``limit`` notifications and
+        ``budget`` stored payload bytes (one row, whatever its size).
+
+        Returns:
+            The rows' notifications, and whether pending rows were left for the limits.
+        """
         with self._connection.cursor() as cursor:
             cursor.execute(self._claim, {"limit": limit, "channels": scope.channels,
-                                         "known": scope.known, "grace": scope.grace})
-            return [
-                messages.Row(row_id, position, uuid.UUID(seed), *rest)
-                for row_id, position, seed, *rest in cursor.fetchall()
-            ]
+                                         "known": scope.known, "grace": scope.grace,
+                                         "budget": budget})
+            found = cursor.fetchall()
+        rows = [messages.Row(row_id, position, uuid.UUID(seed), *rest)
+                for row_id, position, seed, *rest, _ in found]
+        return rows, bool(found and found[0][-1])
 
     def fail(self, failures: Sequence[Failure]) -> None:
         """Keeps the claimed notifications that cannot be dispatched as failed rows."""

@@ -61,10 +61,12 @@ SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
 #: Locks up to {limit} pending rows (of the channels in {channels}, when not NULL) whose
 #: channel and trigger ('channel|trigger') are in {known}, or that are older than {grace}
-#: (rows no bridge knows, to be failed), keeps those that start before {limit}
-#: notifications, and returns their notifications one per result row: (id, position in the
-#: row, uuid, channel, trigger, payload, context, and for a failed delivery put back in the
-#: queue, its listener and task id). The other locked rows are free again at commit.
+#: (rows no bridge knows, to be failed). Keeps those that start before {limit}
+#: notifications and end within {budget} stored payload bytes (the first row always), and
+#: returns their notifications one per result row: (id, position in the row, uuid, channel,
+#: trigger, payload, context, for a failed delivery put back in the queue its listener and
+#: task id, and whether rows were left out for the limits). The other locked rows are free
+#: again at commit.
 #: The transaction's commit does not wait for the disk: it only deletes or marks rows, and
 #: if the server crashed before flushing it, its rows would be published again with the
 #: same task ids. Set for the transaction only, so nothing outlives it on a pooled session.
@@ -72,21 +74,23 @@ _CLAIM = f"""
 WITH unsynced AS MATERIALIZED (
     SELECT set_config('synchronous_commit', 'off', true)
 ), locked AS (
-    SELECT id, size FROM {OUTBOX}
+    SELECT id, size, pg_column_size(payload) AS bytes FROM {OUTBOX}
     WHERE failed_at IS NULL AND ({{channels}}::text[] IS NULL OR channel = ANY({{channels}}))
       AND (channel || '|' || trigger = ANY({{known}}::text[])
            OR created_at < now() - {{grace}}::interval)
     ORDER BY id
     LIMIT {{limit}}
     FOR UPDATE SKIP LOCKED
+), counted AS (
+    SELECT id, sum(size) OVER running - size AS before, sum(bytes) OVER running AS bytes,
+           row_number() OVER running AS n
+    FROM locked
+    WINDOW running AS (ORDER BY id)
 ), kept AS (
-    SELECT id FROM (
-        SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM locked
-    ) AS counted
-    WHERE before < {{limit}}
+    SELECT id FROM counted WHERE before < {{limit}} AND (bytes <= {{budget}} OR n = 1)
 )
 SELECT o.id, n.position, o.uuid::text, o.channel, o.trigger, n.payload::text, o.context::text,
-       o.listener, o.task_id
+       o.listener, o.task_id, (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN unsynced
@@ -100,12 +104,12 @@ ORDER BY o.id, n.position
 """
 #: The claim as the bridge runs it where its session is its own: prepared once per
 #: connection under ``name`` (planning took ~0.35 ms per wake-up), then executed.
-_ARGUMENTS = "(%(limit)s, %(channels)s, %(known)s, %(grace)s)"
+_ARGUMENTS = "(%(limit)s, %(channels)s, %(known)s, %(grace)s, %(budget)s)"
 
 
 def prepare_claim(name: str) -> str:
-    return f"PREPARE {identifier(name)} (integer, text[], text[], interval) AS " + _CLAIM.format(
-        limit="$1", channels="$2", known="$3", grace="$4")
+    return (f"PREPARE {identifier(name)} (integer, text[], text[], interval, bigint) AS "
+            + _CLAIM.format(limit="$1", channels="$2", known="$3", grace="$4", budget="$5"))
 
 
 def execute_claim(name: str) -> str:
@@ -114,7 +118,7 @@ def execute_claim(name: str) -> str:
 
 #: The claim run as it is, where a pooler may give each transaction another session.
 CLAIM = _CLAIM.format(limit="%(limit)s", channels="%(channels)s", known="%(known)s",
-                      grace="%(grace)s")
+                      grace="%(grace)s", budget="%(budget)s")
 
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"

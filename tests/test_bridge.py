@@ -1,9 +1,11 @@
 """The bridge in-process against the real database and the real broker, with no worker."""
 
+import base64
 import collections
 import datetime
 import io
 import json
+import os
 import uuid
 
 import pytest
@@ -146,6 +148,30 @@ def test_drain_takes_as_many_batches_as_needed(bridge, caplog):
     assert sorted(texts, key=int) == [str(n) for n in range(25)]
 
 
+def test_a_claim_is_bounded_by_payload_bytes_and_a_larger_row_goes_alone(transactional_db,
+                                                                         caplog):
+    support.purge_queues()
+    with override_settings(PGCELERY_BATCH_BYTES=int(3.5 * 2**20)):
+        bridge = Bridge(current_app._get_current_object(), batch_size=100)
+    bridge.connect()
+    megabyte = [base64.b64encode(os.urandom(786_432)).decode() for _ in range(7)]  # 1 MiB
+    for text in megabyte:
+        pgcelery.notify(Message, text=text)
+    pgcelery.notify(Message, text=base64.b64encode(os.urandom(3 * 786_432)).decode() * 2)
+    pgcelery.notify(Message, text="small")
+    with caplog.at_level("INFO", logger="pgcelery.bridge"):
+        assert bridge.drain() == 9
+    bridge.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "Published 3 notification(s).", "Published 3 notification(s).",
+        "Published 1 notification(s).",  # the next row, 6 MiB, would not fit
+        "Published 1 notification(s).",  # over the budget on its own: it goes alone
+        "Published 1 notification(s).",
+    ]
+    assert len(support.take_messages("celery")) == 9
+    assert not Notification.objects.exists()
+
+
 def test_a_bridge_serves_only_the_channels_it_is_given(transactional_db):
     support.purge_queues()
     bridge = Bridge(current_app._get_current_object(), channels=["tests.testapp.channels.Message"])
@@ -250,7 +276,8 @@ def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(brid
     pgcelery.notify(WithContext, n=1)
     [outbox] = bridge.outboxes
     with pytest.raises(RuntimeError), outbox.connector.transaction():
-        bridge._dispatch_all(outbox.connector.claim(10, bridge.scope), outbox)
+        rows, _ = outbox.connector.claim(10, bridge.batch_bytes, bridge.scope)
+        bridge._dispatch_all(rows, outbox)
         raise RuntimeError("the bridge died after publishing, before its commit")
     assert bridge.drain() == 1
     ids = collections.Counter(m.headers["id"] for m in support.take_messages("celery"))

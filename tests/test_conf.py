@@ -14,6 +14,7 @@ from tests import support
 @pytest.mark.parametrize(("setting", "value", "message"), [
     ("PGCELERY_BATCH_SIZE", 0, "PGCELERY_BATCH_SIZE must be an integer of at least 1; it is 0."),
     ("PGCELERY_BATCH_SIZE", "500", "PGCELERY_BATCH_SIZE must be an integer of at least 1"),
+    ("PGCELERY_BATCH_BYTES", 0, "PGCELERY_BATCH_BYTES must be an integer of at least 1"),
     ("PGCELERY_SWEEP_INTERVAL", 0, "PGCELERY_SWEEP_INTERVAL must be a number of seconds greater "
                                    "than 0; it is 0."),
     ("PGCELERY_MAX_BACKOFF", -1, "PGCELERY_MAX_BACKOFF must be a number of seconds greater"),

@@ -199,7 +199,7 @@ def test_a_worker_finishing_before_the_bridge_commits_waits_for_it(bridge):
         finished.set()
 
     with connector.transaction():
-        rows = connector.claim(10, bridge.scope)
+        rows, _ = connector.claim(10, bridge.batch_bytes, bridge.scope)
         bridge._dispatch_all(rows, outbox)
         [(task_id, _)] = [sent for name, sent in envelopes().items()
                           if name == kept_redelivered.name]

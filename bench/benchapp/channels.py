@@ -28,3 +28,11 @@ class FailingTick(Channel):
     """The same, to a listener that always fails: each run ends as a failed delivery."""
 
     n: int
+
+
+@dataclass
+class Blob(Channel):
+    """A large payload, for the bridge's memory."""
+
+    n: int
+    data: str

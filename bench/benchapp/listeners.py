@@ -5,7 +5,7 @@ import time
 from celery import shared_task
 
 import pgcelery
-from bench.benchapp.channels import FailingTick, KeptTick, SourceChannel, Tick
+from bench.benchapp.channels import Blob, FailingTick, KeptTick, SourceChannel, Tick
 from bench.benchapp.models import Hit
 
 QUEUE = "bench"
@@ -29,6 +29,11 @@ def kept_ticked(n: int):
 @pgcelery.listener(FailingTick, queue=QUEUE)
 def failing_ticked(n: int):
     raise RuntimeError(f"tick {n} fails")
+
+
+@pgcelery.listener(Blob, queue=QUEUE)
+def blob_received(n: int, data: str):
+    Hit.objects.create(n=n, started=time.time(), via="blob")
 
 
 @shared_task(name="bench.naive_hit")
