@@ -75,7 +75,7 @@ def check(row: Row) -> None:
     """
     channel, payload = _open(row.channel, row.payload)
     if issubclass(channel, channels.TriggerChannel):
-        payloads.check_rows(payload)
+        payloads.check_rows(channel.model, payload)
     else:
         payloads.decode_fields(channel, payload)
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -246,13 +247,21 @@ def decode_fields(channel: type[channels.BaseChannel], payload: Any) -> dict[str
     return kwargs
 
 
-def check_rows(payload: Any) -> None:
-    """Checks a trigger payload's shape: ``old`` and ``new``, each a row object or null."""
+def check_rows(model: type[models.Model], payload: Any) -> None:
+    """Checks a trigger payload as the worker will open it: ``old`` and ``new``, each null or
+    a row whose every column Django can read (not ``'infinity'``, a BC date, year 10000).
+
+    Raises:
+        TypeError: if the payload is not shaped so.
+        ValueError: naming the row, the column and the value Django cannot read.
+    """
     if not isinstance(payload, dict):
         raise TypeError(f"trigger payload is a {type(payload).__name__}, not an object")
     for key in ("old", "new"):
         if key not in payload or not isinstance(payload[key], (dict, _NoneType)):
             raise TypeError(f"trigger payload has no {key!r} row")
+        if payload[key] is not None:
+            _read_columns(model, payload[key], key)
 
 
 # -- Trigger rows ----------------------------------------------------------------------
@@ -275,14 +284,31 @@ def build_instance(model: type[models.Model], row: Mapping[str, Any] | None) -> 
     work; columns added since the row was recorded keep their field default, columns
     dropped since are ignored.
     """
-    if row is None:
-        return None
-    values = {
-        field.attname: _column_value(field, row[column])
-        for field in model._meta.concrete_fields
-        if (column := field.column) is not None and column in row
-    }
-    return model(**values)
+    return None if row is None else model(**_read_columns(model, row))
+
+
+def _read_columns(model: type[models.Model], row: Mapping[str, Any],
+                  side: str = "row") -> dict[str, Any]:
+    """The row's values by field attribute name, read as Django reads its columns.
+
+    Raises:
+        ValueError: naming the column and the value Django cannot read.
+    """
+    values = {}
+    for field in model._meta.concrete_fields:
+        column = field.column
+        if column is None or column not in row:
+            continue
+        try:
+            values[field.attname] = _column_value(field, row[column])
+        except (ValidationError, ValueError, TypeError, ArithmeticError) as exc:
+            reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else exc
+            raise ValueError(
+                f"{side} column {column!r} ({model.__name__}.{field.name}) holds "
+                f"{row[column]!r:.200}, which Django cannot read as a "
+                f"{field.get_internal_type()}: {reason}"
+            ) from exc
+    return values
 
 
 def _column_value(field: models.Field, value: Any) -> Any:

@@ -318,3 +318,27 @@ def test_a_message_the_broker_refuses_fails_its_notification_alone(bridge, caplo
     assert failed.failure.startswith("publishing task tests.testapp.listeners.message_received "
                                      "failed: the broker refused the message")
     assert not bridge.broker.down
+
+
+def test_trigger_rows_django_cannot_read_are_kept_as_failed_naming_the_column(bridge):
+    """Legal PostgreSQL values Django has no Python value for fail at the bridge, not later
+    in the worker: each row apart, with the column and the value."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'INSERT INTO testapp_sample ("when", day, ratio, token, flag, doc, blob, span) '
+            "SELECT w::timestamptz, d::date, 1.5, gen_random_uuid(), true, '{}', '\\x00', "
+            "'1 day' FROM (VALUES ('2026-01-01', 'infinity'), ('2026-01-01', '0044-03-15 BC'), "
+            "('2026-01-01', '10000-01-01'), ('infinity', '2026-01-01'), "
+            "('2026-01-01', '2026-01-02')) AS v (w, d)"
+        )
+    assert bridge.drain() == 5
+    [published] = support.take_messages("celery")
+    payload = json.loads(published.decode()[1][messages.ENVELOPE]["payload"])
+    assert payload["new"]["day"] == "2026-01-02"
+    reasons = sorted(Notification.objects.filter(failed_at__isnull=False)
+                     .values_list("failure", flat=True))
+    assert len(reasons) == 4
+    for column, value in (("day", "'infinity'"), ("day", "'0044-03-15 BC'"),
+                          ("day", "'10000-01-01'"), ("when", "'infinity'")):
+        assert any(f"new column {column!r} (Sample.{column}) holds {value}, which Django "
+                   "cannot read as a Date" in reason for reason in reasons), (column, value)
