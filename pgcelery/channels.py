@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib
 import typing
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from django.db import models
@@ -34,11 +35,20 @@ class Channel(BaseChannel):
 
 
 class TriggerChannel(BaseChannel):
-    """Base of trigger channels: the payload is the ``old`` and ``new`` row of ``model``."""
+    """Base of trigger channels: the payload is the ``old`` and ``new`` row of ``model``.
+
+    ``include_fields`` or ``exclude_fields`` (model field names) keep columns — passwords,
+    tokens — from ever leaving Postgres: the trigger leaves them out, and the listener's
+    ``old`` and ``new`` have them deferred, as ``Model.objects.only()`` leaves them.
+    """
 
     model: ClassVar[type[models.Model]]
     #: Accepted for django-pgpubsub compatibility; every notification is delivered once anyway.
     lock_notifications: ClassVar[bool] = False
+    #: The only fields whose columns the trigger sends (the primary key always goes).
+    include_fields: ClassVar[Sequence[str] | None] = None
+    #: Fields whose columns the trigger never sends.
+    exclude_fields: ClassVar[Sequence[str] | None] = None
 
 
 ChannelRef = type[BaseChannel] | str
@@ -123,10 +133,56 @@ def _check_dataclass(channel: type, name: str) -> None:
         )
     if not dataclasses.is_dataclass(channel):
         raise TypeError(f"Channel {name!r} must be decorated with @dataclass.")
-    if issubclass(channel, TriggerChannel) and not _is_model(getattr(channel, "model", None)):
-        raise TypeError(
-            f"TriggerChannel {name!r} must set `model` to the Django model it watches."
-        )
+    if issubclass(channel, TriggerChannel):
+        if not _is_model(getattr(channel, "model", None)):
+            raise TypeError(
+                f"TriggerChannel {name!r} must set `model` to the Django model it watches."
+            )
+        hidden_fields(channel)
+
+
+_hidden: dict[type[TriggerChannel], tuple[models.Field, ...]] = {}
+
+
+def hidden_fields(channel: type[TriggerChannel]) -> tuple[models.Field, ...]:
+    """The model's concrete fields that ``channel``'s triggers leave out of the payload
+    (worked out once).
+
+    Raises:
+        TypeError: if ``include_fields``/``exclude_fields`` are both set, name no field of
+            the model, or leave out the primary key.
+    """
+    found = _hidden.get(channel)
+    if found is None:
+        found = _hidden[channel] = _hidden_fields(channel)
+    return found
+
+
+def _hidden_fields(channel: type[TriggerChannel]) -> tuple[models.Field, ...]:
+    name = channel_name(channel)
+    include, exclude = channel.include_fields, channel.exclude_fields
+    if include is None and exclude is None:
+        return ()
+    if include is not None and exclude is not None:
+        raise TypeError(f"TriggerChannel {name!r} sets both include_fields and exclude_fields; "
+                        "set one of them.")
+    opts = channel.model._meta
+    setting = "include_fields" if include is not None else "exclude_fields"
+    listed = include if include is not None else exclude
+    if isinstance(listed, str) or not isinstance(listed, Sequence):
+        raise TypeError(f"TriggerChannel {name!r}: {setting} must be a list of field names "
+                        f"of {opts.label}, not {listed!r}.")
+    unknown = sorted(set(listed) - {field.name for field in opts.concrete_fields})
+    if unknown:
+        raise TypeError(f"TriggerChannel {name!r}: {setting} names {', '.join(map(repr, unknown))}"
+                        f", not a field of {opts.label}.")
+    if include is not None:
+        return tuple(field for field in opts.concrete_fields
+                     if field.name not in listed and not field.primary_key)
+    if opts.pk.name in listed:
+        raise TypeError(f"TriggerChannel {name!r}: exclude_fields cannot leave out the primary "
+                        f"key {opts.pk.name!r}: the listener's instances are built around it.")
+    return tuple(field for field in opts.concrete_fields if field.name in listed)
 
 
 def _is_model(value: object) -> bool:

@@ -89,9 +89,10 @@ def arguments(envelope: dict[str, Any]) -> dict[str, Any]:
     channel, payload = _open(envelope["channel"], envelope["payload"])
     kwargs: dict[str, Any]
     if issubclass(channel, channels.TriggerChannel):
+        hidden = channels.hidden_fields(channel)
         kwargs = {
-            "old": payloads.build_instance(channel.model, payload.get("old")),
-            "new": payloads.build_instance(channel.model, payload.get("new")),
+            "old": payloads.build_instance(channel.model, payload.get("old"), hidden),
+            "new": payloads.build_instance(channel.model, payload.get("new"), hidden),
         }
     else:
         kwargs = payloads.decode_fields(channel, payload)

@@ -14,11 +14,12 @@ import math
 import types
 import typing
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.base import DEFERRED
 from django.utils import timezone
 
 from pgcelery import channels
@@ -277,14 +278,19 @@ def dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def build_instance(model: type[models.Model], row: Mapping[str, Any] | None) -> models.Model | None:
+def build_instance(model: type[models.Model], row: Mapping[str, Any] | None,
+                   hidden: Iterable[models.Field] = ()) -> models.Model | None:
     """An unsaved ``model`` instance from the ``to_jsonb`` of its row (``None`` stays ``None``).
 
     Columns are matched by their database name, so ``db_column`` and custom primary keys
     work; columns added since the row was recorded keep their field default, columns
-    dropped since are ignored.
+    dropped since are ignored; ``hidden`` fields, left out by the trigger, are deferred.
     """
-    return None if row is None else model(**_read_columns(model, row))
+    if row is None:
+        return None
+    values = _read_columns(model, row)
+    values.update((field.attname, DEFERRED) for field in hidden)
+    return model(**values)
 
 
 def _read_columns(model: type[models.Model], row: Mapping[str, Any],

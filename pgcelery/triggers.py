@@ -12,22 +12,26 @@ import hashlib
 from typing import Any
 
 import pgtrigger
-from django.db import models
 
 from pgcelery import channels, sql
 
 _OPERATION_CODES = {"INSERT": "i", "UPDATE": "u", "DELETE": "d", "TRUNCATE": "t"}
 
 
-def _row_json(model: type[models.Model], ref: str) -> str:
-    """SQL for the jsonb of row ``ref`` (OLD or NEW), with its multi-table ancestors' columns."""
+def _row_json(channel: type[channels.TriggerChannel], ref: str) -> str:
+    """SQL for the jsonb of row ``ref`` (OLD or NEW), with its multi-table ancestors' columns,
+    less the columns the channel leaves out."""
+    model = channel.model
     own_pk = f"{ref}.{sql.identifier(model._meta.pk.column)}"
     parts = [
         f"COALESCE((SELECT to_jsonb(a) FROM {sql.identifier(parent._meta.db_table)} AS a "
         f"WHERE a.{sql.identifier(parent._meta.pk.column)} = {own_pk}), '{{}}'::jsonb)"
         for parent in reversed(model._meta.get_parent_list())
     ]
-    return " || ".join([*parts, f"to_jsonb({ref})"])
+    row = " || ".join([*parts, f"to_jsonb({ref})"])
+    hidden = [sql.literal(field.column) for field in channels.hidden_fields(channel)
+              if field.column]
+    return f"({row}) - ARRAY[{', '.join(hidden)}]" if hidden else row
 
 
 def _call(function: str, channel: str, trigger: str, *arguments: str) -> str:
@@ -37,26 +41,28 @@ def _call(function: str, channel: str, trigger: str, *arguments: str) -> str:
     )
 
 
-def _row_func(channel: str, trigger: str, model: type[models.Model]) -> str:
+def _row_func(channel: type[channels.TriggerChannel], trigger: str) -> str:
     payload = (
-        f"jsonb_build_object('old', {_row_json(model, 'OLD')}, 'new', {_row_json(model, 'NEW')})"
+        f"jsonb_build_object('old', {_row_json(channel, 'OLD')}, "
+        f"'new', {_row_json(channel, 'NEW')})"
     )
     # Returning the row unchanged: a BEFORE trigger never alters or cancels the write.
     return (
-        _call(sql.NOTIFY_FUNCTION, channel, trigger, payload)
+        _call(sql.NOTIFY_FUNCTION, channels.channel_name(channel), trigger, payload)
         + "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;\nRETURN NEW;"
     )
 
 
-def _statement_func(channel: str, trigger: str, model: type[models.Model], side: str) -> str:
+def _statement_func(channel: type[channels.TriggerChannel], trigger: str, side: str) -> str:
     chunks = (
         f"ARRAY(SELECT jsonb_agg(rows.row ORDER BY rows.position) FROM ("
-        f"SELECT {_row_json(model, 'r')} AS row, row_number() OVER () AS position "
+        f"SELECT {_row_json(channel, 'r')} AS row, row_number() OVER () AS position "
         f"FROM {side}_rows AS r) AS rows "
         f"GROUP BY (rows.position - 1) / {sql.CHUNK} ORDER BY min(rows.position))"
     )
     return (
-        _call(sql.NOTIFY_CHUNKS_FUNCTION, channel, trigger, sql.literal(side), chunks)
+        _call(sql.NOTIFY_CHUNKS_FUNCTION, channels.channel_name(channel), trigger,
+              sql.literal(side), chunks)
         + "RETURN NULL;"
     )
 
@@ -102,12 +108,12 @@ def register(
         side = _transition_side(when, operation, condition)
         options: dict[str, Any]
         if side is None:
-            options = {"condition": condition, "func": _row_func(name, trigger_name, model)}
+            options = {"condition": condition, "func": _row_func(channel, trigger_name)}
         else:
             options = {
                 "level": pgtrigger.Statement,
                 "referencing": pgtrigger.Referencing(**{side: f"{side}_rows"}),
-                "func": _statement_func(name, trigger_name, model, side),
+                "func": _statement_func(channel, trigger_name, side),
             }
         trigger = pgtrigger.Trigger(name=trigger_name, when=when, operation=operation, **options)
         trigger.register(model)  # type: ignore[arg-type]

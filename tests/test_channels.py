@@ -4,7 +4,7 @@ import pytest
 
 import pgcelery
 from pgcelery import channels
-from tests.testapp.channels import Message, WriterChannel
+from tests.testapp.channels import AccountNameChannel, Message, WriterChannel
 from tests.testapp.models import Writer
 
 
@@ -96,3 +96,25 @@ def test_a_channel_that_cannot_be_imported_again_is_refused_where_it_is_used(cha
         pgcelery.listener(channel)
     with pytest.raises(TypeError, match=refused):
         pgcelery.notify(channel, n=1)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"include_fields": ["name"], "exclude_fields": ["email"]},
+     "sets both include_fields and exclude_fields"),
+    ({"exclude_fields": ["email", "nope"]}, "exclude_fields names 'nope', not a field of "
+                                            "testapp.Writer"),
+    ({"include_fields": "name"}, "include_fields must be a list of field names of "
+                                 "testapp.Writer, not 'name'"),
+    ({"exclude_fields": ["id"]}, "exclude_fields cannot leave out the primary key 'id'"),
+])
+def test_column_selection_is_checked_where_the_channel_is_used(options, message):
+    channel = dataclasses.make_dataclass("Selected", [], bases=(pgcelery.TriggerChannel,),
+                                         namespace={"model": Writer, **options})
+    channel.__module__ = __name__
+    with pytest.raises(TypeError, match=message):
+        pgcelery.post_insert_listener(channel)
+
+
+def test_include_fields_keeps_the_primary_key_and_hides_the_rest():
+    assert [f.name for f in channels.hidden_fields(AccountNameChannel)] == [
+        "password", "api_token"]

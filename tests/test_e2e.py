@@ -14,7 +14,7 @@ from pgcelery.models import Notification
 from tests import support
 from tests.testapp.channels import Everything
 from tests.testapp.listeners import described, summary
-from tests.testapp.models import Event, Legacy, Restaurant, Sample, Sku, Writer
+from tests.testapp.models import Account, Event, Legacy, Restaurant, Sample, Sku, Writer
 
 pytestmark = pytest.mark.usefixtures("running")
 
@@ -234,3 +234,32 @@ def test_listener_tasks_remain_ordinary_celery_tasks():
     [event] = wait_for_events("routed", 1)
     assert events("message_received")[0].data == {"text": "via delay"}
     assert event.data == {"n": 9, "queue": "tests.routed"}
+
+
+def test_columns_a_channel_leaves_out_never_leave_postgres_and_are_deferred():
+    account = Account.objects.create(name="ada", password="pbkdf2$s3cret", api_token="tok-123")
+    Account.objects.filter(pk=account.pk).update(name="ada l.")
+    created = wait_for_events("account_created", 1)[0].data
+    updated = wait_for_events("account_updated", 1)[0].data
+    named = wait_for_events("account_named", 1)[0].data
+    assert created["new"]["fields"] == {"id": repr(account.pk), "name": "'ada'"}
+    assert created["deferred"] == ["api_token", "password"]
+    assert (updated["old"]["fields"]["name"], updated["new"]["fields"]["name"]) == (
+        "'ada'", "'ada l.'")
+    assert updated["deferred"] == ["api_token", "password"]
+    assert named["new"]["fields"] == {"id": repr(account.pk), "name": "'ada'"}
+    assert named["deferred"] == ["api_token", "password"]
+
+
+@pytest.mark.usefixtures("transactional_db")
+def test_left_out_columns_are_in_no_outbox_row_or_message():
+    """What the triggers wrote, which the bridge sends as it is; rolled back unpublished."""
+    with transaction.atomic():
+        Account.objects.create(name="grace", password="pbkdf2$hidden", api_token="tok-456")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT payload::text FROM pgcelery_notification")
+            stored = [text for (text,) in cursor.fetchall()]
+        transaction.set_rollback(True)
+    assert len(stored) == 2
+    assert not any("hidden" in text or "tok-456" in text or "password" in text
+                   for text in stored)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pgcelery import Channel, TriggerChannel
-from tests.testapp.models import Legacy, Restaurant, Sample, Sku, Writer
+from tests.testapp.models import Account, Legacy, Restaurant, Sample, Sku, Writer
 
 
 @dataclass
@@ -133,3 +133,15 @@ class Lingering(Channel):
 @dataclass
 class Rejected(Channel):
     n: int
+
+
+@dataclass
+class AccountChannel(TriggerChannel):
+    model = Account
+    exclude_fields = ["password", "api_token"]
+
+
+@dataclass
+class AccountNameChannel(TriggerChannel):
+    model = Account
+    include_fields = ["name"]

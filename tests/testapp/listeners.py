@@ -16,6 +16,8 @@ from django.db import connection
 import pgcelery
 from pgcelery.messages import ENVELOPE
 from tests.testapp.channels import (
+    AccountChannel,
+    AccountNameChannel,
     Counted,
     Everything,
     Flaky,
@@ -50,14 +52,16 @@ def summary(value) -> dict:
 
 
 def described(instance) -> dict | None:
-    """The instance as the test compares it: type, saved state and repr of every field."""
+    """The instance as the test compares it: type, saved state and repr of every field it
+    holds (a deferred one would be loaded from the database)."""
     if instance is None:
         return None
+    deferred = instance.get_deferred_fields()
     return {
         "type": type(instance).__name__,
         "adding": instance._state.adding,
         "fields": {f.attname: repr(getattr(instance, f.attname))
-                   for f in instance._meta.concrete_fields},
+                   for f in instance._meta.concrete_fields if f.attname not in deferred},
     }
 
 
@@ -237,3 +241,23 @@ def lingering(n: int, hold: float):
     """Runs longer than its ``redeliver_after``, in one transaction."""
     record("lingering", n=n)
     time.sleep(hold)
+
+
+def record_deferred(listener: str, old, new) -> None:
+    record(listener, old=described(old), new=described(new),
+           deferred=sorted(new.get_deferred_fields()) if new is not None else None)
+
+
+@pgcelery.post_insert_listener(AccountChannel)
+def account_created(old, new):
+    record_deferred("account_created", old, new)
+
+
+@pgcelery.post_update_listener(AccountChannel)
+def account_updated(old, new):
+    record_deferred("account_updated", old, new)
+
+
+@pgcelery.post_insert_listener(AccountNameChannel)
+def account_named(old, new):
+    record_deferred("account_named", old, new)

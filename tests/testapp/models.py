@@ -55,3 +55,11 @@ class Sample(models.Model):
     blob = models.BinaryField()
     span = models.DurationField()
     note = models.TextField(null=True)
+
+
+class Account(models.Model):
+    """Secrets that must never leave Postgres."""
+
+    name = models.CharField(max_length=100)
+    password = models.CharField(max_length=128)
+    api_token = models.CharField(max_length=64)
