@@ -42,6 +42,10 @@ Remembered = tuple[str, str, messages.Row, float]
 _NO_SEED = uuid.UUID(int=0)
 
 
+class MissingPrivileges(Exception):
+    """The bridge's database role cannot do its work; it says which grants to add."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Scope:
     """Which pending rows a bridge claims."""
@@ -97,6 +101,7 @@ class Connector(abc.ABC):
         params.setdefault("connect_timeout", 10)
         params["application_name"] = APPLICATION_NAME
         self._connection = self._open(params)
+        self._check_privileges()
         self._receive_wakeups()
         self.listening = self._wakeups_arrive(params)
         self._claim = sql.CLAIM
@@ -110,6 +115,32 @@ class Connector(abc.ABC):
         # LISTEN takes effect at commit: committed before the first claim, so no
         # notification committed after that claim can go unnoticed.
         self._claim = sql.execute_claim(name)
+
+    def _check_privileges(self) -> None:
+        """Raises MissingPrivileges naming what the role lacks, before anything is claimed:
+        a bridge that could publish but not delete would publish the same rows forever."""
+        with self.transaction(), self._connection.cursor() as cursor:
+            cursor.execute(sql.MISSING_PRIVILEGES)
+            missing = cursor.fetchall()
+            cursor.execute("SELECT current_user")
+            role = cursor.fetchone()[0]
+        if not missing:
+            return
+        self.close()
+        tables = sorted({name for name, privilege in missing if privilege is None})
+        if tables:
+            raise MissingPrivileges(
+                f"Database {self.alias!r} has no {', '.join(tables)}: run "
+                "`python manage.py migrate` first."
+            )
+        lacking = ", ".join(f"{privilege} on {name}" for name, privilege in missing)
+        raise MissingPrivileges(
+            f"The bridge's role {role!r} lacks {lacking} in database {self.alias!r}. Grant "
+            "the bridge role's privileges listed in the README (Privileges), e.g. "
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {sql.OUTBOX}, {sql.DELIVERIES} TO "
+            f"{role}; GRANT USAGE ON SEQUENCE {sql.OUTBOX}_id_seq TO {role}; "
+            f"GRANT SELECT, DELETE ON {sql.TASK_RECORDS} TO {role};"
+        )
 
     def _wakeups_arrive(self, params: dict[str, Any]) -> bool:
         """Whether a wake-up sent from another connection reaches this one.

@@ -50,6 +50,21 @@ _CHUNK_ROW = (
 
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
+#: What the bridge's role lacks of the privileges it needs: (object, privilege) for each,
+#: the privilege NULL for a table that does not exist (not migrated).
+MISSING_PRIVILEGES = f"""
+SELECT needed.name, CASE WHEN to_regclass(needed.name) IS NOT NULL THEN needed.privilege END
+FROM (VALUES ('{OUTBOX}', 'SELECT'), ('{OUTBOX}', 'INSERT'), ('{OUTBOX}', 'UPDATE'),
+             ('{OUTBOX}', 'DELETE'), ('{OUTBOX}_id_seq', 'USAGE'),
+             ('{DELIVERIES}', 'SELECT'), ('{DELIVERIES}', 'INSERT'), ('{DELIVERIES}', 'UPDATE'),
+             ('{DELIVERIES}', 'DELETE'), ('{TASK_RECORDS}', 'SELECT'), ('{TASK_RECORDS}', 'DELETE'))
+    AS needed (name, privilege)
+WHERE CASE WHEN to_regclass(needed.name) IS NULL THEN true
+           WHEN needed.privilege = 'USAGE'
+               THEN NOT has_sequence_privilege(to_regclass(needed.name), 'USAGE')
+           ELSE NOT has_table_privilege(to_regclass(needed.name), needed.privilege) END
+"""
+
 #: Finds out whether a connection is still there.
 PING = "SELECT 1"
 
@@ -175,19 +190,13 @@ ORDER BY counts.channel
 """
 
 #: Records a listener's task that failed for good as a failed delivery, once per task id.
-RECORD_FAILED_DELIVERY = f"""
-INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
-                      failure, listener, task_id, attempts)
-VALUES (gen_random_uuid(), %s, %s, %s::jsonb, 1, %s::jsonb, now(), now(), %s, %s, %s, %s)
-ON CONFLICT (task_id) WHERE task_id IS NOT NULL AND failed_at IS NOT NULL DO NOTHING
-"""
+RECORD_FAILED_DELIVERY = (
+    "SELECT pgcelery_fail_delivery_v1(%s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s)"
+)
 
-#: Claims a task id for an ``atomic=True`` run; a concurrent claim of the same id waits
-#: for the first transaction and inserts nothing if it committed.
-RECORD_TASK = f"""
-INSERT INTO {TASK_RECORDS} (task_id, created_at) VALUES (%s, now())
-ON CONFLICT (task_id) DO NOTHING
-"""
+#: Claims a task id for an ``atomic=True`` run, true if it is the first; a concurrent claim
+#: of the same id waits for the first transaction and is false if it committed.
+RECORD_TASK = "SELECT pgcelery_record_task_v1(%s)"
 
 PRUNE_TASK_RECORDS = f"DELETE FROM {TASK_RECORDS} WHERE created_at < now() - %s"
 
@@ -241,26 +250,21 @@ WHERE finished_at IS NULL AND (%s::text[] IS NULL OR channel = ANY(%s))
 
 #: Whether a delivery already finished: a copy of its message that arrives later is skipped.
 #: A finished delivery published again (a failed one retried) is being reset by a bridge
-#: that may not have committed yet: the lock waits for it, and sees the reset row.
-DELIVERY_FINISHED = f"""
-SELECT 1 FROM {DELIVERIES} WHERE task_id = %s AND finished_at IS NOT NULL FOR SHARE
+#: that may not have committed yet: the function's lock waits for it, and sees the reset row.
+DELIVERY_FINISHED = "SELECT pgcelery_delivery_finished_v1(%s)"
+
+#: Marks a delivery finished. The function inserts, rather than updates, so it waits on a
+#: bridge that has remembered the delivery but not yet committed instead of missing its row.
+#: Its commit does not wait for the disk (set here: a function's own settings end with it):
+#: a mark lost in a server crash only means one more redelivery, which ``atomic=True``
+#: makes a no-op.
+FINISH_DELIVERY = """
+SELECT pgcelery_finish_delivery_v1(%s)
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
 """
 
-#: Marks a delivery finished. Inserting, rather than updating, waits on a bridge that has
-#: remembered the delivery but not yet committed, instead of missing its row. Its commit
-#: does not wait for the disk: a mark lost in a server crash only means one more
-#: redelivery, which ``atomic=True`` makes a no-op.
-FINISH_DELIVERY = f"""
-INSERT INTO {DELIVERIES} (task_id, publishes, finished_at)
-SELECT %s, 1, now() FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
-ON CONFLICT (task_id) DO UPDATE SET finished_at = now()
-"""
-
-#: Puts off the redelivery of a task Celery retries $1 seconds from now, by that much.
-POSTPONE_DELIVERY = f"""
-UPDATE {DELIVERIES} SET redeliver_at = now() + period + make_interval(secs => %s)
-WHERE task_id = %s AND finished_at IS NULL
-"""
+#: Puts off the redelivery of a task Celery retries (task id, in seconds), by that much.
+POSTPONE_DELIVERY = "SELECT pgcelery_postpone_delivery_v1(%s, %s)"
 
 #: Finished deliveries are kept this long, for copies of their messages still in a queue.
 PRUNE_DELIVERIES = f"DELETE FROM {DELIVERIES} WHERE finished_at < now() - %s"

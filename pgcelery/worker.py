@@ -87,7 +87,7 @@ def _run_once(task: Task, database: str, call: Callable[[], Any]) -> Any:
     with transaction.atomic(using=database):
         with connections[database].cursor() as cursor:
             cursor.execute(sql.RECORD_TASK, [task.request.id])
-            first = cursor.rowcount == 1
+            first = cursor.fetchone()[0]
         if first:
             return call()
     logger.info("Task %s[%s] already ran; skipping the repeat.", task.name, task.request.id)
@@ -120,7 +120,7 @@ def delivery_finished(database: str, task_id: str) -> bool:
     """Whether the delivery ``task_id`` finished already (it may be published again since)."""
     with connections[database].cursor() as cursor:
         cursor.execute(sql.DELIVERY_FINISHED, [task_id])
-        return cursor.fetchone() is not None
+        return bool(cursor.fetchone()[0])
 
 
 def _seconds_until(when: numbers.Real | datetime.datetime | None) -> float:
@@ -143,7 +143,7 @@ def finish_delivery(database: str, task_id: str) -> None:
 def _postpone_delivery(database: str, task_id: str, seconds: float) -> None:
     try:
         with connections[database].cursor() as cursor:
-            cursor.execute(sql.POSTPONE_DELIVERY, [seconds, task_id])
+            cursor.execute(sql.POSTPONE_DELIVERY, [task_id, seconds])
     except DatabaseError as exc:
         logger.error("Could not put off the redelivery of retried task %s in database %r "
                      "(%s): a copy may be published before the retry runs.",

@@ -22,6 +22,8 @@ FROZEN = {
     "0002_notification_size": "514445c7a0a78fd1e1fdf4fe0e3cfeb062f88a74e48be94ee0740fad8e26ec7c",
     "0003_failed_deliveries": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "0004_deliveries": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "0005_functions_run_as_owner":
+        "9e0fdb24a1158b6476b34356252e28da9cf9c0b57bf332751061a5ac77148887",
 }
 
 #: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.

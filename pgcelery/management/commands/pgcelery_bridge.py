@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pgcelery import channels, conf
 from pgcelery.bridge import Bridge
+from pgcelery.connector import MissingPrivileges
 from pgcelery.publish import celery_app
 
 
@@ -44,4 +45,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         app = celery_app()
         logging.getLogger(__name__).info("Publishing to %s", app.connection_for_write().as_uri())
-        Bridge(app, databases=databases, channels=channel_names).run()
+        try:
+            Bridge(app, databases=databases, channels=channel_names).run()
+        except MissingPrivileges as exc:
+            raise CommandError(str(exc)) from exc
