@@ -27,12 +27,15 @@ from pgcelery import channels, conf, messages, registry
 from pgcelery.connector import Connector, Failure, Scope, connector_for
 from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
 from pgcelery.registry import Listener
+from pgcelery.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
 #: How often ``atomic=True`` task records and finished deliveries past their retention
 #: are pruned.
 PRUNE_INTERVAL = 3600.0
+#: Seconds a transaction in flight may still take once a stop signal arrived.
+STOP_GRACE = 10.0
 #: A row's listeners: each with its task id and ``redeliver_after`` (None: off).
 Plan = list[tuple[Listener, str, float | None]]
 
@@ -119,6 +122,9 @@ class Bridge:
         max_backoff = conf.max_backoff()
         aliases = list(databases) if databases else conf.databases()
         self.outboxes = [Outbox(connector_for(alias), max_backoff) for alias in aliases]
+        self.watchdog = Watchdog(self._stop_asked, STOP_GRACE)
+        for outbox in self.outboxes:
+            outbox.connector.watchdog = self.watchdog
         self.channels = list(channels) if channels else None
         self.scope = Scope.of(registry.registered_listeners(), self.channels,
                               conf.unknown_grace())
@@ -165,6 +171,14 @@ class Bridge:
 
     def stop(self, *_: object) -> None:
         self.stopping = True
+
+    def _stop_asked(self) -> bool:
+        """Whether a stop signal arrived, even if its handler has not run yet: it wrote to
+        the wake-up socket, which this peeks at without taking the byte."""
+        try:
+            return self.stopping or bool(self._wake_r.recv(1, socket.MSG_PEEK))
+        except (BlockingIOError, OSError):
+            return False
 
     def connect(self) -> None:
         """Connects every outbox now, raising what a connection raises."""

@@ -122,6 +122,12 @@ def sweep_interval() -> float:
     return positive_seconds("PGCELERY_SWEEP_INTERVAL", _setting("PGCELERY_SWEEP_INTERVAL", 5.0))
 
 
+def database_timeout() -> float:
+    """Seconds one bridge transaction may take before its connection is given up as hung."""
+    return positive_seconds("PGCELERY_DATABASE_TIMEOUT",
+                            _setting("PGCELERY_DATABASE_TIMEOUT", 30.0))
+
+
 def max_backoff() -> float:
     """Ceiling, in seconds, of the bridge's reconnect backoff."""
     return positive_seconds("PGCELERY_MAX_BACKOFF", _setting("PGCELERY_MAX_BACKOFF", 30.0))
@@ -174,6 +180,7 @@ def check() -> None:
     batch_bytes()
     sweep_interval()
     max_backoff()
+    database_timeout()
     atomic_retention()
     redeliver_after()
     unknown_grace()

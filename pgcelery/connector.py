@@ -24,11 +24,15 @@ from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from pgcelery import conf, messages, sql
 from pgcelery.registry import Listener
+from pgcelery.watchdog import Watchdog
 
 #: Connection parameters Django passes that only its own cursors and adapters use.
 _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
 #: How the bridge's connections show in pg_stat_activity.
 APPLICATION_NAME = "pgcelery_bridge"
+#: TCP keepalives of the bridge's connections, unless the database's OPTIONS set them.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+              "keepalives_count": 3}
 #: How long a connection waits for its probe wake-up before it concludes none arrive.
 PROBE_SECONDS = 2.0
 
@@ -82,6 +86,8 @@ class Connector(abc.ABC):
         self._connection: Any = None
         self._wakeups: list[Wakeup] = []
         self._claim = sql.CLAIM
+        self.watchdog: Watchdog | None = None
+        self.timeout = conf.database_timeout()
 
     @property
     def connected(self) -> bool:
@@ -99,6 +105,9 @@ class Connector(abc.ABC):
         for key in _DJANGO_ONLY_PARAMS:
             params.pop(key, None)
         params.setdefault("connect_timeout", 10)
+        # A peer gone without a word (a host down, a cut path) is noticed within a minute.
+        for key, value in KEEPALIVES.items():
+            params.setdefault(key, value)
         params["application_name"] = APPLICATION_NAME
         self._connection = self._open(params)
         self._check_privileges()
@@ -203,15 +212,22 @@ class Connector(abc.ABC):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Commits what ran inside, or rolls it back on any exception."""
-        try:
-            yield
-            self._connection.commit()
-        except BaseException:
-            if self._connection is not None and not self._connection.closed:
-                with contextlib.suppress(*self.errors):
-                    self._connection.rollback()
-            raise
+        """Commits what ran inside, or rolls it back on any exception.
+
+        With a :attr:`watchdog`, a transaction that outlives ``PGCELERY_DATABASE_TIMEOUT``
+        has its connection shut down: the driver raises one of :attr:`errors`.
+        """
+        guard = (contextlib.nullcontext() if self.watchdog is None else
+                 self.watchdog.guard(self.fileno, self.timeout, f"Database {self.alias!r}"))
+        with guard:
+            try:
+                yield
+                self._connection.commit()
+            except BaseException:
+                if self._connection is not None and not self._connection.closed:
+                    with contextlib.suppress(*self.errors):
+                        self._connection.rollback()
+                raise
 
     def claim(self, limit: int, budget: int, scope: Scope) -> tuple[list[messages.Row], bool]:
         """Locks pending rows in ``scope`` holding up to ``limit`` notifications and

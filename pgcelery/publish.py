@@ -25,6 +25,13 @@ from pgcelery.registry import Listener
 logger = logging.getLogger(__name__)
 
 
+#: Socket timeouts of the bridge's broker connection, by kombu transport, unless
+#: ``broker_transport_options`` sets them: a broker that stops answering fails a publish
+#: (the rows stay, the bridge backs off) instead of blocking the bridge for good.
+BROKER_TIMEOUTS: dict[str, dict[str, float]] = {
+    "redis": {"socket_timeout": 10.0, "socket_connect_timeout": 10.0},
+    "amqp": {"read_timeout": 10.0, "write_timeout": 10.0},
+}
 #: Broker operations buffered before a batch is sent early.
 BATCH_OPERATIONS = 5000
 #: Options (the listener's, or its task's own) that belong in the message itself rather
@@ -219,14 +226,19 @@ class Publisher:
 
     def _open(self) -> Producer:
         if self._producer is None:
-            connection = self.app.connection_for_write(
-                transport_options={"confirm_publish": True}
-            )
+            connection = self.app.connection_for_write(transport_options=self._options())
             # Fail fast: the bridge has its own backoff, and keeps its rows meanwhile.
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
             self._connection = connection
             self._producer = self.app.amqp.Producer(connection)
         return self._producer
+
+    def _options(self) -> dict[str, Any]:
+        """The transport's socket timeouts under ``broker_transport_options``, and
+        publisher confirms."""
+        driver = self.app.connection_for_write().transport.driver_type
+        return {**BROKER_TIMEOUTS.get(driver, {}), **self.app.conf.broker_transport_options,
+                "confirm_publish": True}
 
     def close(self) -> None:
         if self._connection is not None:

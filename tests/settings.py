@@ -28,7 +28,9 @@ DATABASES["other"] = {
 # Long enough that tests pass only if LISTEN wake-ups work.
 PGCELERY_SWEEP_INTERVAL = 300.0
 
-# NAME=VALUE: one setting as a test needs it in a subprocess (a command's start-up checks).
+# NAME=VALUE: one setting as a test needs it in a subprocess (a command's start-up checks);
+# PGCELERY_TEST_SETTINGS: several, as a JSON object.
 if "PGCELERY_TEST_SETTING" in os.environ:
     _name, _, _value = os.environ["PGCELERY_TEST_SETTING"].partition("=")
     globals()[_name] = json.loads(_value)
+globals().update(json.loads(os.environ.get("PGCELERY_TEST_SETTINGS", "{}")))
