@@ -6,6 +6,7 @@
 # make test-fast - the unit and integration tiers (PostgreSQL and Redis only), in seconds
 # make bench / make bench-quick - the benchmark (full, or about a minute)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
+# make soak      - writers at a steady rate for 10 minutes (SOAK_ARGS="--minutes 30 --rate 200")
 PYTHON ?= python3
 PYTHON_OLDEST ?= python3.10
 VENV ?= .venv
@@ -18,7 +19,7 @@ SERVICES := $(BIN)/python scripts/with_services.py
 #: The tests that talk to the broker or run the real commands: each driver and broker runs them.
 BROKER_TESTS := tests/test_bridge.py tests/test_databases.py tests/test_e2e.py
 
-.PHONY: install demo test test-suite test-fast test-psycopg test-rabbitmq test-oldest lint bench bench-quick clean
+.PHONY: install demo test test-suite test-fast test-psycopg test-rabbitmq test-oldest lint bench bench-quick soak clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,9 @@ bench: install
 
 bench-quick: install
 	$(SERVICES) $(BIN)/python bench/run.py --quick
+
+soak: install
+	$(SERVICES) $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 test-oldest:
 	$(MAKE) test-suite PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest \
