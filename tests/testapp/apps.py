@@ -1,7 +1,15 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class TestappConfig(AppConfig):
     name = "tests.testapp"
     label = "testapp"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Signed messages, where a test configures them: as a project's celery.py would.
+        if getattr(settings, "CELERY_SECURITY_KEY", None):
+            from celery import current_app
+
+            current_app.setup_security()
