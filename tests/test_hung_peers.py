@@ -37,6 +37,12 @@ def private_database(tmp_path_factory):
     server.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def empty_outbox(private_database):
+    """Each test starts from an empty outbox: a test may leave its rows pending on purpose."""
+    execute(private_database, "DELETE FROM pgcelery_notification")
+
+
 def execute(url, query, params=(), autocommit=False):
     """Runs one statement on its own connection, of the driver Django uses."""
     connection = django_connection.Database.connect(url)
