@@ -34,8 +34,13 @@ class Channel(BaseChannel):
     """
 
 
+@dataclasses.dataclass
 class TriggerChannel(BaseChannel):
     """Base of trigger channels: the payload is the ``old`` and ``new`` row of ``model``.
+
+    Its fields are django-pgpubsub's: a batch listener receives instances holding the
+    rows as unsaved model instances (``None`` where the operation has none) and the
+    notification's context.
 
     ``include_fields`` or ``exclude_fields`` (model field names) keep columns — passwords,
     tokens — from ever leaving Postgres: the trigger leaves them out, and the listener's
@@ -49,6 +54,10 @@ class TriggerChannel(BaseChannel):
     include_fields: ClassVar[Sequence[str] | None] = None
     #: Fields whose columns the trigger never sends.
     exclude_fields: ClassVar[Sequence[str] | None] = None
+
+    old: models.Model | None = None
+    new: models.Model | None = None
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 ChannelRef = type[BaseChannel] | str

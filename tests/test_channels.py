@@ -20,7 +20,11 @@ def test_resolve_takes_the_class_or_its_dotted_path():
 def test_trigger_channel_keeps_pgpubsub_attributes():
     assert WriterChannel.model is Writer
     assert WriterChannel.lock_notifications is True
-    assert dataclasses.fields(WriterChannel) == ()
+    assert [field.name for field in dataclasses.fields(WriterChannel)] == [
+        "old", "new", "context"]
+    writer = Writer(name="w")
+    assert WriterChannel(old=None, new=writer).new is writer
+    assert WriterChannel().context == {}
 
 
 def test_pg_channel_is_the_name_when_it_fits():
