@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 PRUNE_INTERVAL = 3600.0
 #: Seconds a transaction in flight may still take once a stop signal arrived.
 STOP_GRACE = 10.0
-#: A row's listeners: each with its task id and ``redeliver_after`` (None: off).
-Plan = list[tuple[Listener, str, float | None]]
 
 
 class Backoff:
@@ -327,33 +325,58 @@ class Bridge:
         failed: list[Failure] = []
         if not rows:
             return failed
-        plans: list[tuple[messages.Row, Plan]] = []
-        for row in rows:
-            plan = self._plan(row)
-            if isinstance(plan, str):
-                failed.append(_failure(row, plan))
-            else:
-                plans.append((row, plan))
-        remembered = [(task_id, listener.task_name, row, period)
-                      for row, plan in plans for listener, task_id, period in plan
-                      if period is not None]
+        deliveries = self._deliveries(rows, failed)
+        periods = {listener: self.publisher.redelivery_period(listener)
+                   for listener in {delivery.listener for delivery in deliveries}}
+        remembered = [(delivery, period) for delivery in deliveries
+                      if (period := periods[delivery.listener]) is not None]
         outbox.connector.remember(remembered)
-        unsent: list[str] = []
         with self.publisher.batch():
-            for row, plan in plans:
-                reason = self._send(row, plan, outbox.alias)
+            for delivery in deliveries:
+                reason = self._send(delivery, outbox.alias)
                 if reason is not None:
-                    failed.append(_failure(row, reason))
-                    unsent.extend(task_id for _, task_id, period in plan if period is not None)
-        outbox.connector.forget(unsent)
+                    failed.extend(_failure(row, reason) for row in delivery.rows)
+        # A failed notification goes again to all its listeners once retried.
+        failed_rows = {(row_id, position) for row_id, position, _ in failed}
+        outbox.connector.forget([
+            delivery.task_id for delivery, _ in remembered
+            if any((row.id, row.position) in failed_rows for row in delivery.rows)])
         if remembered:
-            soonest = time.monotonic() + min(period for *_, period in remembered)
+            soonest = time.monotonic() + min(period for _, period in remembered)
             outbox.redeliver_at = min(outbox.redeliver_at, soonest)
         return failed
 
-    def _plan(self, row: messages.Row) -> Plan | str:
-        """The row's listeners, with their task ids and ``redeliver_after``; or why there are
-        none it can be sent to."""
+    def _deliveries(self, rows: list[messages.Row],
+                    failed: list[Failure]) -> list[messages.Delivery]:
+        """The rows' task messages: one per listener and notification, and for a listener with
+        ``batch``, one per batch of its notifications in commit order. Rows that cannot be
+        sent join ``failed``."""
+        deliveries: list[messages.Delivery] = []
+        #: (listener, the outbox row of a failed batch put back in the queue, or None)
+        batches: dict[tuple[Listener, int | None], list[messages.Row]] = {}
+        for row in rows:
+            targets = self._targets(row)
+            if isinstance(targets, str):
+                failed.append(_failure(row, targets))
+                continue
+            for listener in targets:
+                if listener.batch is None:
+                    deliveries.append(messages.Delivery.of(listener, [row]))
+                else:
+                    kept = row.id if row.task_id is not None else None
+                    batches.setdefault((listener, kept), []).append(row)
+        failed_rows = {row_id for row_id, _, _ in failed}
+        for (listener, kept), batch in batches.items():
+            if kept is None:
+                size = listener.batch or len(batch)
+                deliveries.extend(messages.Delivery.of(listener, batch[start:start + size])
+                                  for start in range(0, len(batch), size))
+            elif kept not in failed_rows:  # else the whole batch stays failed, as it was
+                deliveries.append(messages.Delivery.of(listener, batch))
+        return deliveries
+
+    def _targets(self, row: messages.Row) -> list[Listener] | str:
+        """The listeners the row goes to; or why there are none it can be sent to."""
         targets = registry.listeners_for(row.channel, row.trigger)
         if row.listener is not None:  # a failed delivery, retried: its listener only
             targets = [found for found in targets if found.task_name == row.listener]
@@ -363,22 +386,21 @@ class Bridge:
             messages.check(row)
         except (LookupError, TypeError, ValueError) as exc:
             return f"payload cannot be decoded: {exc}"
-        return [(listener, messages.task_id(row, listener.task_name, listener.trigger),
-                 self.publisher.redelivery_period(listener)) for listener in targets]
+        return targets
 
-    def _send(self, row: messages.Row, plan: Plan, database: str) -> str | None:
-        """Publishes the row's tasks; returns why it cannot be, or None once done."""
-        for listener, task_id, _ in plan:
-            try:
-                self.publisher.publish(listener, row, database, task_id)
-            except BrokerUnavailable:
-                raise
-            except MessageRefused as exc:
-                return f"publishing task {listener.task_name} failed: {exc}"
-            except Exception as exc:  # a message the serializer rejects
-                return f"publishing task {listener.task_name} failed: {exc!r}"
-            logger.debug("Notification %d on %s -> task %s[%s]", row.id, row.channel,
-                         listener.task_name, task_id)
+    def _send(self, delivery: messages.Delivery, database: str) -> str | None:
+        """Publishes the delivery's task; returns why it cannot be, or None once done."""
+        name = delivery.listener.task_name
+        try:
+            self.publisher.publish(delivery, database)
+        except BrokerUnavailable:
+            raise
+        except MessageRefused as exc:
+            return f"publishing task {name} failed: {exc}"
+        except Exception as exc:  # a message the serializer rejects
+            return f"publishing task {name} failed: {exc!r}"
+        logger.debug("Notification %d on %s -> task %s[%s]", delivery.row.id,
+                     delivery.row.channel, name, delivery.task_id)
         return None
 
     # -- redelivering ------------------------------------------------------------------
@@ -397,19 +419,21 @@ class Bridge:
         outbox.redeliver_at = time.monotonic() + wait
 
     def _redeliver(self, outbox: Outbox) -> int:
+        """Publishes one round of due deliveries again; returns how many were due."""
         connector = outbox.connector
         with connector.transaction():
             due = connector.due_deliveries(self.batch_size, self.channels)
             if not due:
                 return 0
             with self.publisher.batch():
-                for row in due:
-                    self._send_again(row, outbox.alias)
-            connector.redelivered([row.task_id for row in due if row.task_id is not None])
+                for rows in due:
+                    self._send_again(rows, outbox.alias)
+            connector.redelivered([rows[0].task_id for rows in due if rows[0].task_id])
         return len(due)
 
-    def _send_again(self, row: messages.Row, database: str) -> None:
+    def _send_again(self, rows: list[messages.Row], database: str) -> None:
         """Publishes a delivery again under its task id; one that cannot be waits a period."""
+        row = rows[0]
         task_name, task_id = row.listener or "", row.task_id or ""
         listener = registry.find(row.channel, row.trigger, task_name)
         if listener is None:
@@ -417,7 +441,7 @@ class Bridge:
                            "registered in this bridge: left for a bridge that knows it.",
                            task_name, task_id, row.id, task_name)
             return
-        reason = self._send(row, [(listener, task_id, None)], database)
+        reason = self._send(messages.Delivery(listener, task_id, rows), database)
         if reason is None:
             logger.warning("Task %s[%s] (notification %d on %s) has not finished in time: "
                            "published again.", task_name, task_id, row.id, row.channel)

@@ -40,8 +40,8 @@ PROBE_SECONDS = 2.0
 Wakeup = tuple[str, str]
 #: A notification the bridge could not dispatch: (row id, position in the row, reason).
 Failure = tuple[int, int, str]
-#: A delivery of a ``redeliver_after`` listener: (task id, listener task, row, seconds).
-Remembered = tuple[str, str, messages.Row, float]
+#: A delivery of a ``redeliver_after`` listener, and its period in seconds.
+Remembered = tuple[messages.Delivery, float]
 #: A redelivery keeps its task id: the seed of new ones is not used.
 _NO_SEED = uuid.UUID(int=0)
 
@@ -268,11 +268,17 @@ class Connector(abc.ABC):
         """Remembers deliveries about to be published, until their tasks finish."""
         if not deliveries:
             return
-        columns: list[list[Any]] = [[] for _ in range(8)]
-        for task_id, listener, row, seconds in deliveries:
-            for column, value in zip(columns, (task_id, listener, row.id, row.channel,
-                                               row.trigger, row.payload, row.context, seconds),
-                                     strict=True):
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        for delivery, seconds in deliveries:
+            row = delivery.row
+            stored: tuple[str, str | None, str | None]
+            if delivery.listener.batch is None:
+                stored = (row.payload, row.context, None)
+            else:
+                stored = (messages.stored_batch(delivery.rows), None, "batch")
+            for column, value in zip(columns, (delivery.task_id, delivery.listener.task_name,
+                                               row.id, row.channel, row.trigger, *stored,
+                                               seconds), strict=True):
                 column.append(value)
         with self._connection.cursor() as cursor:
             cursor.execute(sql.REMEMBER_DELIVERIES, columns)
@@ -283,18 +289,20 @@ class Connector(abc.ABC):
             with self._connection.cursor() as cursor:
                 cursor.execute(sql.FORGET_DELIVERIES, [list(task_ids)])
 
-    def due_deliveries(self, limit: int, channels: Sequence[str] | None) -> list[messages.Row]:
+    def due_deliveries(self, limit: int,
+                       channels: Sequence[str] | None) -> list[list[messages.Row]]:
         """Locks up to ``limit`` unfinished deliveries (of ``channels``) due to be published
-        again, each as the row it goes out as: its listener and task id set."""
+        again, each as the rows it goes out with: their listener and task id set."""
         names = list(channels) if channels else None
+        due: dict[str, list[messages.Row]] = {}
         with self._connection.cursor() as cursor:
             cursor.execute(sql.DUE_DELIVERIES, [names, names, limit])
-            return [
-                messages.Row(notification, 0, _NO_SEED, channel, trigger, payload, context,
-                             listener, task_id)
-                for task_id, listener, notification, channel, trigger, payload, context
-                in cursor.fetchall()
-            ]
+            for (task_id, listener, notification, channel, trigger, payload, context, position,
+                 seed) in cursor.fetchall():
+                due.setdefault(task_id, []).append(messages.Row(
+                    notification, position, uuid.UUID(seed) if seed else _NO_SEED, channel,
+                    trigger, payload, context, listener, task_id))
+        return list(due.values())
 
     def redelivered(self, task_ids: Sequence[str]) -> None:
         """Counts a new publish of these deliveries; each is due again a period from now."""

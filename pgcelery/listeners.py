@@ -43,8 +43,9 @@ def listener(channel: channels.ChannelRef, **options: Any) -> ListenerDecorator:
             dispatches the task); ``atomic=True`` for exactly-once database effects;
             ``redeliver_after=SECONDS`` to publish a delivery again while its task has not
             finished that long after its publish (``None`` turns off
-            ``PGCELERY_REDELIVER_AFTER`` for this listener); any other option goes to
-            ``shared_task`` when decorating a plain function.
+            ``PGCELERY_REDELIVER_AFTER`` for this listener); ``batch=N`` to receive up to N
+            notifications at once, as a list in the one argument ``notifications``; any
+            other option goes to ``shared_task`` when decorating a plain function.
     """
     resolved = _channel_of_kind(channel, channels.Channel, "listener")
     return _decorator(resolved, "", options)
@@ -116,10 +117,13 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Listener
     options = dict(options)
     atomic = bool(options.pop("atomic", False))
     redeliver_after = _redeliver_after(options)
+    batch = _batch(options)
     dispatch = {key: options.pop(key) for key in DISPATCH_OPTIONS if key in options}
     name = channels.channel_name(channel)
 
     def decorate(target: Any) -> Any:
+        if batch is not None:
+            _check_takes_notifications(target, batch)
         if isinstance(target, (Task, Proxy)):
             if options:
                 raise TypeError(
@@ -131,7 +135,7 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Listener
             result = shared_task(**options)(target)
         task = worker.adopt(result)
         registry.register(
-            registry.Listener(task.name, name, trigger, dispatch, atomic, redeliver_after)
+            registry.Listener(task.name, name, trigger, dispatch, atomic, redeliver_after, batch)
         )
         return result
 
@@ -143,3 +147,18 @@ def _redeliver_after(options: dict[str, Any]) -> float | None | registry.Default
         return registry.Default.SETTING
     value = options.pop("redeliver_after")
     return None if value is None else conf.positive_seconds("redeliver_after", value)
+
+
+def _batch(options: dict[str, Any]) -> int | None:
+    value = options.pop("batch", None)
+    return None if value is None else conf.positive_int("batch", value)
+
+
+def _check_takes_notifications(target: Any, batch: int) -> None:
+    function = target.run if isinstance(target, (Task, Proxy)) else target  # type: ignore[union-attr]
+    if not worker.accepts_argument(function, "notifications"):
+        raise TypeError(
+            f"Listener {getattr(target, 'name', None) or function.__qualname__} has "
+            f"batch={batch}: it receives its batch as the one argument `notifications`, "
+            "which it does not take. Define it as `def listener(notifications): ...`."
+        )

@@ -14,7 +14,11 @@ class Notification(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    uuid = models.UUIDField(help_text="Seeds the Celery task ids of this notification.")
+    uuid = models.UUIDField(
+        null=True, blank=True,
+        help_text="Seeds the Celery task ids of this notification; where a trigger left it "
+                  "empty, its id and created_at do.",
+    )
     channel = models.TextField(help_text="Dotted path of the channel.")
     trigger = models.TextField(
         blank=True, help_text="Name of the trigger that recorded it; empty for notify()."
@@ -25,7 +29,9 @@ class Notification(models.Model):
     size = models.PositiveIntegerField(default=1, help_text="How many notifications the row holds.")
     side = models.TextField(
         null=True, blank=True,
-        help_text="For a chunk: 'new' or 'old', which rows of the write it holds.",
+        help_text="For a chunk: 'new' or 'old', which rows of the write it holds; 'batch' "
+                  "for a failed delivery of a batch listener, whose payload lists its "
+                  "notifications.",
     )
     context = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField()
@@ -83,6 +89,11 @@ class Delivery(models.Model):
     trigger = models.TextField(null=True, blank=True)
     payload = models.JSONField(null=True)
     context = models.JSONField(null=True, blank=True)
+    side = models.TextField(
+        null=True, blank=True,
+        help_text="'batch' for a batch listener's delivery, whose payload lists its "
+                  "notifications.",
+    )
     period = models.DurationField(null=True, help_text="The listener's redeliver_after.")
     publishes = models.PositiveIntegerField(default=1)
     redeliver_at = models.DateTimeField(null=True)

@@ -92,24 +92,27 @@ class Publisher:
         self._routes: dict[Listener, Route] = {}
         self._lists: redis_lists.ListWriter | None = None
 
-    def publish(self, listener: Listener, row: messages.Row, database: str, task_id: str) -> None:
-        """Sends (or, inside :meth:`batch`, buffers) the task of ``listener`` for ``row``.
+    def publish(self, delivery: messages.Delivery, database: str) -> None:
+        """Sends (or, inside :meth:`batch`, buffers) the task message of ``delivery``.
 
         Raises:
             BrokerUnavailable: if the broker cannot be reached.
             MessageRefused: if the broker refused this message; the next one is sent on a
                 new channel.
         """
+        listener, row = delivery.listener, delivery.row
         with self._broker_errors(refusals=True):
             route = self._route(listener)
+            what = (f"notification {row.id}" if listener.batch is None
+                    else f"{len(delivery.rows)} notification(s) from {row.id}")
             message = celery_internals.create_message(
                 self.app,
-                task_id,
+                delivery.task_id,
                 listener.task_name,
-                {messages.ENVELOPE: messages.envelope(row, database, route.redeliver_after)},
+                {messages.ENVELOPE: delivery.envelope(database, route.redeliver_after)},
                 # What monitoring shows of the arguments; also spares a repr of the payload.
                 argsrepr="()",
-                kwargsrepr=f"{{{messages.ENVELOPE!r}: <notification {row.id} on {row.channel}>}}",
+                kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what} on {row.channel}>}}",
                 **route.message_options,
             )
             target = route.redis_list

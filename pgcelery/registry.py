@@ -30,6 +30,8 @@ class Listener:
     atomic: bool = False
     #: Seconds after which an unfinished delivery is published again; None: never.
     redeliver_after: float | None | Default = Default.SETTING
+    #: Most notifications one task receives at once; None: one per task, as its arguments.
+    batch: int | None = None
 
     def redelivery_period(self) -> float | None:
         """``redeliver_after``, or ``PGCELERY_REDELIVER_AFTER`` where the listener set none."""

@@ -33,10 +33,15 @@ def unlisten(pg_channel: str) -> str:
 #: migration named here; their SQL lives, frozen, in that migration.
 NOTIFY_FUNCTION = "pgcelery_notify_v1"
 NOTIFY_CHUNKS_FUNCTION = "pgcelery_notify_chunks_v1"
+#: The trigger functions a trigger executes itself: per row, and per statement (chunks).
+ROW_FUNCTION = "pgcelery_row_v1"
+ROWS_FUNCTION = "pgcelery_rows_v1"
 FUNCTION_MIGRATIONS = {
     NOTIFY_FUNCTION: "0001_initial",
     "pgcelery_notify_rows_v1": "0001_initial",
     NOTIFY_CHUNKS_FUNCTION: "0002_notification_size",
+    ROW_FUNCTION: "0006_batches_and_row_functions",
+    ROWS_FUNCTION: "0006_batches_and_row_functions",
 }
 #: Rows of a bulk write per chunk (one outbox row); statement triggers group them so.
 CHUNK = 100
@@ -49,6 +54,22 @@ _CHUNK_ROW = (
 )
 
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
+
+#: What the task ids of outbox row ``o``'s notifications derive from: its uuid, or, where
+#: the trigger spared the writer generating one, its id and the time it was recorded.
+_SEED = ("coalesce(o.uuid, md5(o.id || ':' || "
+         "to_char(o.created_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSUS'))::uuid)")
+
+#: The notifications of a stored batch (row ``{row}``, side 'batch': a failed delivery of a
+#: batch listener, or a remembered one), in their order: (id, payload, position, seed,
+#: context, n).
+_BATCH_ITEMS = """
+SELECT (item ->> 'id')::bigint AS id, item -> 'payload' AS payload,
+       (item ->> 'position')::bigint AS position, (item ->> 'uuid')::uuid AS seed,
+       NULLIF(item -> 'context', 'null'::jsonb) AS context, n
+FROM jsonb_array_elements(CASE WHEN {row}.side = 'batch' THEN {row}.payload END)
+    WITH ORDINALITY AS items (item, n)
+"""
 
 #: What the bridge's role lacks of the privileges it needs: (object, privilege) for each,
 #: the privilege NULL for a table that does not exist (not migrated).
@@ -104,18 +125,21 @@ WITH unsynced AS MATERIALIZED (
 ), kept AS (
     SELECT id FROM counted WHERE before < {{limit}} AND (bytes <= {{budget}} OR n = 1)
 )
-SELECT o.id, n.position, o.uuid::text, o.channel, o.trigger, n.payload::text, o.context::text,
+SELECT o.id, n.position, n.seed::text, o.channel, o.trigger, n.payload::text, n.context::text,
        o.listener, o.task_id, (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN unsynced
 CROSS JOIN LATERAL (
-    SELECT o.payload, 0::bigint WHERE o.side IS NULL
+    SELECT o.payload, 0::bigint, {_SEED}, o.context, 0::bigint WHERE o.side IS NULL
     UNION ALL
-    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1
-    FROM jsonb_array_elements(CASE WHEN o.side IS NOT NULL THEN o.payload END) WITH ORDINALITY
-) AS n (payload, position)
-ORDER BY o.id, n.position
+    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1, {_SEED}, o.context, ordinality
+    FROM jsonb_array_elements(CASE WHEN o.side IN ('new', 'old') THEN o.payload END)
+        WITH ORDINALITY
+    UNION ALL
+    SELECT payload, position, seed, context, n FROM ({_BATCH_ITEMS.format(row="o")}) AS items
+) AS n (payload, position, seed, context, n)
+ORDER BY o.id, n.n
 """
 #: The claim as the bridge runs it where its session is its own: prepared once per
 #: connection under ``name`` (planning took ~0.35 ms per wake-up), then executed.
@@ -138,15 +162,16 @@ CLAIM = _CLAIM.format(limit="%(limit)s", channels="%(channels)s", known="%(known
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"
 
-#: Keeps the notifications the bridge cannot dispatch as failed rows: a row of one is marked
-#: failed; a row of a chunk is copied to a failed notification of its own.
+#: Keeps the notifications the bridge cannot dispatch as failed rows: a row of one, or of a
+#: failed batch put back in the queue, is marked failed; a row of a chunk is copied to a
+#: failed notification of its own.
 FAIL = f"""
 WITH failed AS (
     SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS failed (id, position, reason)
 ), marked AS (
     UPDATE {OUTBOX} SET failed_at = now(), failure = failed.reason
     FROM failed
-    WHERE {OUTBOX}.id = failed.id AND {OUTBOX}.side IS NULL
+    WHERE {OUTBOX}.id = failed.id AND ({OUTBOX}.side IS NULL OR {OUTBOX}.side = 'batch')
 )
 INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
                       failure)
@@ -155,7 +180,7 @@ SELECT gen_random_uuid(), o.channel, o.trigger,
        o.created_at, now(), failed.reason
 FROM {OUTBOX} AS o
 JOIN failed USING (id)
-WHERE o.side IS NOT NULL
+WHERE o.side IN ('new', 'old')
 ORDER BY failed.id, failed.position
 """
 
@@ -189,14 +214,19 @@ LEFT JOIN LATERAL (
 ORDER BY counts.channel
 """
 
-#: Records a listener's task that failed for good as a failed delivery, once per task id.
+#: Records a listener's task that failed for good as a failed delivery, once per task id:
+#: (channel, trigger, payload, context, reason, listener, task id, attempts, size, side).
 RECORD_FAILED_DELIVERY = (
-    "SELECT pgcelery_fail_delivery_v1(%s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s)"
+    "SELECT pgcelery_fail_delivery_v2(%s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s)"
 )
 
 #: Claims a task id for an ``atomic=True`` run, true if it is the first; a concurrent claim
 #: of the same id waits for the first transaction and is false if it committed.
 RECORD_TASK = "SELECT pgcelery_record_task_v1(%s)"
+
+#: The same for each notification of an ``atomic=True`` batch: returns the task ids that
+#: were not recorded yet (the notifications to run).
+RECORD_TASKS = "SELECT pgcelery_record_tasks_v1(%s::text[])"
 
 PRUNE_TASK_RECORDS = f"DELETE FROM {TASK_RECORDS} WHERE created_at < now() - %s"
 
@@ -204,36 +234,49 @@ PRUNE_TASK_RECORDS = f"DELETE FROM {TASK_RECORDS} WHERE created_at < now() - %s"
 # -- deliveries of ``redeliver_after`` listeners ----------------------------------------------
 
 #: Remembers published deliveries, (task id, listener, notification id, channel, trigger,
-#: payload, context, seconds) each, before their messages leave: a worker that finishes one
-#: before the bridge commits waits on the row (see FINISH_DELIVERY). A delivery published
-#: again (a failed one retried, a crash's redelivery) starts afresh.
+#: payload, context, side, seconds) each, before their messages leave: a worker that
+#: finishes one before the bridge commits waits on the row (see FINISH_DELIVERY). A
+#: delivery published again (a failed one retried, a crash's redelivery) starts afresh.
 REMEMBER_DELIVERIES = f"""
 INSERT INTO {DELIVERIES} (task_id, listener, notification, channel, trigger, payload, context,
-                         period, publishes, redeliver_at, finished_at)
+                         side, period, publishes, redeliver_at, finished_at)
 SELECT task_id, listener, notification, channel, trigger, payload::jsonb, context::jsonb,
-       make_interval(secs => seconds), 1, now() + make_interval(secs => seconds), NULL
+       side, make_interval(secs => seconds), 1, now() + make_interval(secs => seconds), NULL
 FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-            %s::text[], %s::float8[])
-    AS remembered (task_id, listener, notification, channel, trigger, payload, context, seconds)
+            %s::text[], %s::text[], %s::float8[])
+    AS remembered (task_id, listener, notification, channel, trigger, payload, context, side,
+                   seconds)
 ON CONFLICT (task_id) DO UPDATE SET
     listener = excluded.listener, notification = excluded.notification,
     channel = excluded.channel, trigger = excluded.trigger, payload = excluded.payload,
-    context = excluded.context, period = excluded.period, publishes = 1,
+    context = excluded.context, side = excluded.side, period = excluded.period, publishes = 1,
     redeliver_at = excluded.redeliver_at, finished_at = NULL
 """
 
 #: Forgets deliveries whose messages were not sent after all.
 FORGET_DELIVERIES = f"DELETE FROM {DELIVERIES} WHERE task_id = ANY(%s)"
 
-#: Locks up to $1 unfinished deliveries (of the channels in $2, when not NULL) that are due,
-#: as (task id, listener, notification id, channel, trigger, payload, context).
+#: Locks up to $3 unfinished deliveries (of the channels in $1, when not NULL) that are
+#: due, and returns their notifications, one per result row: (task id, listener,
+#: notification id, channel, trigger, payload, context, position, seed: NULL but in a batch).
 DUE_DELIVERIES = f"""
-SELECT task_id, listener, notification, channel, trigger, payload::text, context::text
-FROM {DELIVERIES}
-WHERE finished_at IS NULL AND redeliver_at <= now() AND (%s::text[] IS NULL OR channel = ANY(%s))
-ORDER BY redeliver_at
-LIMIT %s
-FOR UPDATE SKIP LOCKED
+SELECT d.task_id, d.listener, n.id, d.channel, d.trigger, n.payload::text, n.context::text,
+       n.position, n.seed::text
+FROM (
+    SELECT * FROM {DELIVERIES}
+    WHERE finished_at IS NULL AND redeliver_at <= now()
+      AND (%s::text[] IS NULL OR channel = ANY(%s))
+    ORDER BY redeliver_at
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED
+) AS d
+CROSS JOIN LATERAL (
+    SELECT d.notification, d.payload, 0::bigint, NULL::uuid, d.context, 0::bigint
+    WHERE d.side IS NULL
+    UNION ALL
+    {_BATCH_ITEMS.format(row="d")}
+) AS n (id, payload, position, seed, context, n)
+ORDER BY d.redeliver_at, d.task_id, n.n
 """
 
 #: Counts a new publish of deliveries, due again one period from now.

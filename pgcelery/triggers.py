@@ -4,6 +4,11 @@ Each (channel, when, operation, condition) gets one pgtrigger trigger on the cha
 model, so it lands in the migrations of the app that owns the model. The trigger
 writes the old and new rows to the outbox through a versioned stored function: one
 notification per row event, or, for a statement-level trigger, chunks of its rows.
+
+The trigger executes pgcelery's trigger function itself, with the channel, trigger and
+left-out columns as its arguments: one plpgsql call per row (or statement), no more. A
+model with multi-table parents needs their columns looked up, so its trigger runs a
+function of its own, which pgtrigger writes, calling pgcelery's.
 """
 
 from __future__ import annotations
@@ -32,6 +37,30 @@ def _row_json(channel: type[channels.TriggerChannel], ref: str) -> str:
     hidden = [sql.literal(field.column) for field in channels.hidden_fields(channel)
               if field.column]
     return f"({row}) - ARRAY[{', '.join(hidden)}]" if hidden else row
+
+
+class _DirectTrigger(pgtrigger.Trigger):
+    """A pgtrigger trigger that executes pgcelery's trigger function ``execute`` (a call
+    with literal arguments) instead of a function of its own.
+
+    pgtrigger still creates a function of the trigger's name; nothing calls it.
+    """
+
+    def __init__(self, *, execute: str, **kwargs: Any) -> None:
+        super().__init__(func="RETURN NULL;", **kwargs)
+        self.execute = execute
+
+    def render_execute(self, model: Any) -> str:
+        return self.execute
+
+
+def _execute(function: str, channel: type[channels.TriggerChannel], trigger: str) -> str:
+    name = channels.channel_name(channel)
+    columns = [field.column for field in channels.hidden_fields(channel) if field.column]
+    hidden = "{" + ",".join('"' + column.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                            for column in columns) + "}"
+    arguments = (name, channels.pg_channel(name), trigger, hidden)
+    return f"{function}({', '.join(map(sql.literal, arguments))})"
 
 
 def _call(function: str, channel: str, trigger: str, *arguments: str) -> str:
@@ -88,6 +117,24 @@ def _name(channel: str, when: pgtrigger.When, operation: pgtrigger.Operation,
     return f"pgcelery_{str(when).lower()}_{ops}_{digest[:10]}"
 
 
+def _trigger(channel: type[channels.TriggerChannel], name: str, when: pgtrigger.When,
+             operation: pgtrigger.Operation,
+             condition: pgtrigger.Condition | None) -> pgtrigger.Trigger:
+    side = _transition_side(when, operation, condition)
+    options: dict[str, Any] = {"name": name, "when": when, "operation": operation}
+    if side is not None:
+        options.update(level=pgtrigger.Statement,
+                       referencing=pgtrigger.Referencing(**{side: f"{side}_rows"}))
+    else:
+        options["condition"] = condition
+    if channel.model._meta.get_parent_list():
+        func = (_row_func(channel, name) if side is None
+                else _statement_func(channel, name, side))
+        return pgtrigger.Trigger(func=func, **options)
+    function = sql.ROW_FUNCTION if side is None else sql.ROWS_FUNCTION
+    return _DirectTrigger(execute=_execute(function, channel, name), **options)
+
+
 def register(
     channel: type[channels.TriggerChannel],
     *,
@@ -105,16 +152,6 @@ def register(
     try:
         pgtrigger.registered(f"{model._meta.label}:{trigger_name}")
     except KeyError:
-        side = _transition_side(when, operation, condition)
-        options: dict[str, Any]
-        if side is None:
-            options = {"condition": condition, "func": _row_func(channel, trigger_name)}
-        else:
-            options = {
-                "level": pgtrigger.Statement,
-                "referencing": pgtrigger.Referencing(**{side: f"{side}_rows"}),
-                "func": _statement_func(channel, trigger_name, side),
-            }
-        trigger = pgtrigger.Trigger(name=trigger_name, when=when, operation=operation, **options)
-        trigger.register(model)  # type: ignore[arg-type]
+        _trigger(channel, trigger_name, when, operation, condition).register(
+            model)  # type: ignore[arg-type]
     return trigger_name

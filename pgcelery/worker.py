@@ -41,21 +41,19 @@ def adopt(target: Task | Proxy) -> Task:
     def run(*args: Any, **kwargs: Any) -> Any:
         envelope = kwargs.pop(messages.ENVELOPE, None)
         if envelope is None:  # .delay(), .apply_async(), .apply(): atomic as the listener is
+            call: Callable[[], Any] = functools.partial(original, *args, **kwargs)
             atomic = registry.is_atomic(task.name)
             database = DEFAULT_DB_ALIAS
         else:
-            kwargs = messages.arguments(envelope)
-            if accepts is not None:
-                kwargs = {key: value for key, value in kwargs.items() if key in accepts}
             found = registry.find(envelope["channel"], envelope["trigger"], task.name)
             atomic = found is not None and found.atomic
             database = envelope["database"]
-        call: Callable[[], Any] = functools.partial(original, *args, **kwargs)
+            call = _listener_call(task, original, accepts, args, envelope, atomic)
         task_id = task.request.id
         # A direct call (``task(...)``) has no task id to be run once or finished under.
         if task_id is None:
             return call()
-        if atomic:
+        if atomic and (envelope is None or "batch" not in envelope):
             call = functools.partial(_run_once, task, database, call)
         if envelope is not None and envelope.get("redeliver_after") is not None:
             call = functools.partial(_run_delivery, task.name, task_id, database, call)
@@ -68,6 +66,31 @@ def adopt(target: Task | Proxy) -> Task:
     celery_internals.skip_argument_check(task, lambda kwargs: messages.ENVELOPE in kwargs)
     task._pgcelery_adopted = True  # type: ignore[attr-defined]
     return task
+
+
+def _listener_call(task: Task, original: Callable[..., Any], accepts: frozenset[str] | None,
+                   args: tuple[Any, ...], envelope: dict[str, Any],
+                   atomic: bool) -> Callable[[], Any]:
+    """The listener's run of the envelope's notification, or batch, with decoded arguments."""
+    if "batch" not in envelope:
+        kwargs = messages.arguments(envelope)
+        if accepts is not None:
+            kwargs = {key: value for key, value in kwargs.items() if key in accepts}
+        return functools.partial(original, *args, **kwargs)
+
+    def run_batch(rows: list[messages.Row]) -> Any:
+        return original(*args, notifications=messages.notifications(envelope["channel"], rows))
+
+    rows = messages.batch_rows(envelope)
+    if atomic and task.request.id is not None:
+        return functools.partial(_run_batch_once, task, envelope, rows, run_batch)
+    return functools.partial(run_batch, rows)
+
+
+def accepts_argument(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` (a task's ``run``, adopted or not) takes the keyword ``name``."""
+    accepted = _accepted_arguments(getattr(function, "__wrapped__", function))
+    return accepted is None or name in accepted
 
 
 def _accepted_arguments(func: Callable) -> frozenset[str] | None:
@@ -90,6 +113,26 @@ def _run_once(task: Task, database: str, call: Callable[[], Any]) -> Any:
             first = cursor.fetchone()[0]
         if first:
             return call()
+    logger.info("Task %s[%s] already ran; skipping the repeat.", task.name, task.request.id)
+    raise Ignore()
+
+
+def _run_batch_once(task: Task, envelope: dict[str, Any], rows: list[messages.Row],
+                    run_batch: Callable[[list[messages.Row]], Any]) -> Any:
+    """Runs an ``atomic=True`` batch in one transaction with a record of each notification's
+    task id, on the notifications not recorded yet.
+
+    Each notification counts once, so a batch made again of other notifications (a
+    bridge that crashed, then claimed newer ones with them) runs only the new ones.
+    """
+    database = envelope["database"]
+    keys = [messages.task_id(row, task.name, envelope["trigger"]) for row in rows]
+    with transaction.atomic(using=database):
+        with connections[database].cursor() as cursor:
+            cursor.execute(sql.RECORD_TASKS, [keys])
+            new = {key for (key,) in cursor.fetchall()}
+        if new:
+            return run_batch([row for row, key in zip(rows, keys, strict=True) if key in new])
     logger.info("Task %s[%s] already ran; skipping the repeat.", task.name, task.request.id)
     raise Ignore()
 
@@ -168,8 +211,16 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
     attempts = (request.retries if request.id == task_id else 0) + 1
     reason = f"{type(exception).__name__}: {exception}"
     database = envelope["database"]
-    values = [envelope["channel"], envelope["trigger"], envelope["payload"], envelope["context"],
-              reason, sender.name, task_id, attempts]
+    if "batch" in envelope:
+        rows = messages.batch_rows(envelope)
+        what = f"a batch of {len(rows)} notification(s) from {rows[0].id}"
+        stored = [messages.stored_batch(rows), None, reason, sender.name, task_id, attempts,
+                  len(rows), "batch"]
+    else:
+        what = f"notification {envelope['id']}"
+        stored = [envelope["payload"], envelope["context"], reason, sender.name, task_id,
+                  attempts, 1, None]
+    values = [envelope["channel"], envelope["trigger"], *stored]
     try:
         connection = connections[database]
         connection.close_if_unusable_or_obsolete()  # the failure may have broken it
@@ -179,13 +230,12 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
                 cursor.execute(sql.FINISH_DELIVERY, [task_id])
     except DatabaseError as exc:
         logger.error(
-            "Could not record the failed delivery of task %s[%s] (notification %s on %s, "
-            "failed with %s) in database %r: %s. It is in this log and in the result backend "
-            "only; its payload was %.2000s",
-            sender.name, task_id, envelope["id"], envelope["channel"], reason, database,
-            exc, envelope["payload"],
+            "Could not record the failed delivery of task %s[%s] (%s on %s, failed with %s) "
+            "in database %r: %s. It is in this log and in the result backend only; its "
+            "payload was %.2000s",
+            sender.name, task_id, what, envelope["channel"], reason, database, exc, values[2],
         )
     else:
         logger.warning("Task %s[%s] failed for good after %d attempt(s): kept as a failed "
-                       "delivery of notification %s on %s.", sender.name, task_id, attempts,
-                       envelope["id"], envelope["channel"])
+                       "delivery of %s on %s.", sender.name, task_id, attempts, what,
+                       envelope["channel"])

@@ -189,6 +189,20 @@ def outbox_pending(using: str = "default") -> int:
         return cursor.fetchone()[0]
 
 
+def batch_runs(listener: str) -> list[tuple[str, list[int]]]:
+    """(task id, its ns) of every batch a test batch listener recorded, in order."""
+    from tests.testapp.models import Event
+
+    return [(event.task_id, event.data["ns"])
+            for event in Event.objects.filter(listener=listener).order_by("id")]
+
+
+def wait_for_batches(listener: str, count: int, timeout: float = 120.0) -> None:
+    """Waits until a test batch listener received ``count`` notifications in all."""
+    wait_until(lambda: sum(len(ns) for _, ns in batch_runs(listener)) >= count, timeout,
+               f"{count} notifications to reach {listener}")
+
+
 def workers_idle() -> bool:
     inspect = current_app.control.inspect(timeout=0.5)
     busy = [

@@ -295,7 +295,7 @@ def test_one_task_on_two_channels_keeps_each_listeners_route(transactional_db):
         with publisher.batch():
             for n, listener in enumerate([to_stats, to_routed, to_stats]):
                 row = messages.Row(n, 0, uuid.uuid4(), listener.channel, "", "{}", None)
-                publisher.publish(listener, row, "default", f"task-{n}")
+                publisher.publish(messages.Delivery(listener, f"task-{n}", [row]), "default")
     finally:
         publisher.close()
     assert [m.headers["id"] for m in support.take_messages("stats")] == ["task-0", "task-2"]

@@ -5,6 +5,7 @@ unless the fault forced a redelivery, in which case the repeat has the same task
 """
 
 import collections
+import datetime
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import pgcelery
 from pgcelery.connector import APPLICATION_NAME
 from pgcelery.models import Notification
 from tests import support
-from tests.testapp.channels import Counted, Flaky, Message, Slow
+from tests.testapp.channels import Counted, Flaky, Message, Slow, Tally
 from tests.testapp.listeners import count_once
 from tests.testapp.models import Event
 
@@ -96,6 +97,31 @@ def test_a_bridge_killed_mid_batch_loses_nothing(worker, spawn, capsys):
     with capsys.disabled():
         print(f"\n  SIGKILL mid-drain of 5000: {published(first)} published before the kill, "
               f"{duplicates} duplicate run(s), all with their original task id")
+
+
+def test_a_bridge_killed_mid_batch_repeats_at_most_one_claim_with_the_same_task_ids(
+        worker, spawn):
+    for start in range(0, 3000, 500):
+        with transaction.atomic():
+            for n in range(start, start + 500):
+                pgcelery.notify(Tally, n=n, day=datetime.date(2026, 1, 1))
+    first = spawn.bridge()
+    support.wait_until(lambda: published(first) >= 500, what="the first claim")
+    first.stop(signal.SIGKILL)
+    second = spawn.bridge()
+    support.wait_for_batches("tallies_batched", 3000, timeout=180)
+    support.settle()
+    assert second.stop() == 0
+
+    task_ids = collections.defaultdict(list)
+    for task_id, ns in support.batch_runs("tallies_batched"):
+        for n in ns:
+            task_ids[n].append(task_id)
+    assert sorted(task_ids) == list(range(3000))
+    repeated = {n: ids for n, ids in task_ids.items() if len(ids) > 1}
+    # A repeated batch is the same batch: the same notifications under the same task id.
+    assert all(len(set(ids)) == 1 for ids in repeated.values())
+    assert sum(len(ids) - 1 for ids in repeated.values()) <= 500  # one claim at most
 
 
 def test_a_broker_outage_delays_but_loses_nothing(private_redis, spawn):

@@ -59,8 +59,10 @@ def envelope_of_last_notification():
     with connection.cursor() as cursor:
         cursor.execute("SELECT payload::text FROM pgcelery_notification WHERE id = %s", [row[0]])
         payload = cursor.fetchone()[0]
-    return {messages.ENVELOPE: messages.envelope(
-        messages.Row(row[0], 0, row[1], row[2], row[3], payload, None), "default")}
+    listener = registry.Listener("unused", row[2], row[3])
+    delivery = messages.Delivery(
+        listener, "unused", [messages.Row(row[0], 0, row[1], row[2], row[3], payload, None)])
+    return {messages.ENVELOPE: delivery.envelope("default")}
 
 
 @pytest.mark.django_db(transaction=True)

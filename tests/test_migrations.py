@@ -24,6 +24,8 @@ FROZEN = {
     "0004_deliveries": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "0005_functions_run_as_owner":
         "9e0fdb24a1158b6476b34356252e28da9cf9c0b57bf332751061a5ac77148887",
+    "0006_batches_and_row_functions":
+        "5860500059662730043581311e0f30078f8ecf15510c25a7393a0273b40b31ab",
 }
 
 #: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.

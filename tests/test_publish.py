@@ -45,7 +45,8 @@ def publish(listener: Listener, rows: list[messages.Row]) -> Publisher:
     try:
         with publisher.batch():
             for each in rows:
-                publisher.publish(listener, each, "default", f"task-{each.id}")
+                publisher.publish(messages.Delivery(listener, f"task-{each.id}", [each]),
+                                  "default")
     finally:
         publisher.close()
     return publisher

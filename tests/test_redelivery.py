@@ -25,8 +25,8 @@ from pgcelery import messages, registry
 from pgcelery import worker as worker_side
 from pgcelery.models import Delivery, Notification
 from tests import support
-from tests.testapp.channels import Kept, Lingering, Message, Slow
-from tests.testapp.listeners import kept_redelivered, lingering
+from tests.testapp.channels import Kept, KeptTally, Lingering, Message, Slow
+from tests.testapp.listeners import kept_redelivered, kept_tallies, lingering
 from tests.testapp.models import Event
 
 
@@ -132,6 +132,32 @@ def test_a_worker_lost_mid_task_without_reject_on_worker_lost_is_one_failed_deli
     assert failed.failure.startswith("WorkerLostError")
     assert Event.objects.filter(listener="slow_started").count() == 1  # not run again
     assert support.queue_length("celery", private_redis.url) == 0
+
+
+@pytest.mark.faults
+@pytest.mark.usefixtures("transactional_db")
+def test_redeliver_after_publishes_a_lost_batch_again_under_its_task_id(private_redis, spawn):
+    env = private_env(private_redis)
+    bridge = spawn.bridge(env=env)
+    with transaction.atomic():
+        for n in range(50):
+            pgcelery.notify(KeptTally, n=n)
+    support.wait_until(lambda: support.queue_length("celery", private_redis.url) == 3,
+                       what="three batches (20, 20, 10) to be published")
+    published_ids = {task_id for _, task_id in queued_task_ids(private_redis)}
+    # The broker loses them, as a Redis restarted without persistence does.
+    redis.Redis.from_url(private_redis.url).flushall()
+
+    spawn.worker(env=env, name="batch-flushed-worker")
+    support.wait_for_batches("kept_tallies", 50, timeout=180)
+    support.wait_until(lambda: support.queue_length("celery", private_redis.url) == 0
+                       and not Notification.objects.exists(), what="the queue to empty")
+    runs = support.batch_runs("kept_tallies")
+    assert {task_id for task_id, _ in runs} == published_ids
+    assert sorted(n for _, ns in runs for n in ns) == list(range(50))
+    assert "has not finished in time: published again" in bridge.log()
+    assert kept_tallies.name in bridge.log()
+
 
 
 # -- the pieces, in-process ----------------------------------------------------------------
@@ -255,7 +281,8 @@ def test_a_finished_delivery_published_again_is_run_once_its_bridge_commits(brid
     row = messages.Row(delivery.notification, 0, uuid.uuid4(), KEPT, "", '{"n": 1}', None,
                        kept_redelivered.name, task_id)
     with connector.transaction():
-        connector.remember([(task_id, kept_redelivered.name, row, 3.0)])
+        listener = registry.find(KEPT, "", kept_redelivered.name)
+        connector.remember([(messages.Delivery(listener, task_id, [row]), 3.0)])
         thread = threading.Thread(target=check)
         thread.start()
         thread.join(1.0)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pgcelery import Channel, TriggerChannel
-from tests.testapp.models import Account, Legacy, Restaurant, Sample, Sku, Writer
+from tests.testapp.models import Account, Legacy, Reading, Restaurant, Sample, Sku, Writer
 
 
 @dataclass
@@ -145,3 +145,29 @@ class AccountChannel(TriggerChannel):
 class AccountNameChannel(TriggerChannel):
     model = Account
     include_fields = ["name"]
+
+
+@dataclass
+class ReadingChannel(TriggerChannel):
+    model = Reading
+
+
+@dataclass
+class Tally(Channel):
+    n: int
+    day: datetime.date
+
+
+@dataclass
+class AtomicTally(Channel):
+    n: int
+
+
+@dataclass
+class FailingTally(Channel):
+    n: int
+
+
+@dataclass
+class KeptTally(Channel):
+    n: int

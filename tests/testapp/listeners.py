@@ -1,5 +1,6 @@
 """Listeners that record what they received as Event rows."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,23 +19,28 @@ from pgcelery.messages import ENVELOPE
 from tests.testapp.channels import (
     AccountChannel,
     AccountNameChannel,
+    AtomicTally,
     Counted,
     Everything,
+    FailingTally,
     Flaky,
     HardLimited,
     Kept,
+    KeptTally,
     LegacyChannel,
     Limited,
     Lingering,
     Message,
     Outcome,
     Ping,
+    ReadingChannel,
     Rejected,
     RestaurantChannel,
     Routed,
     SampleChannel,
     SkuChannel,
     Slow,
+    Tally,
     WithContext,
     WriterChannel,
 )
@@ -261,3 +267,46 @@ def account_updated(old, new):
 @pgcelery.post_insert_listener(AccountNameChannel)
 def account_named(old, new):
     record_deferred("account_named", old, new)
+
+
+def kinds(notifications) -> list[str]:
+    """The distinct types in a batch: each notification's, and its fields' values'."""
+    return sorted({
+        f"{type(item).__name__}(" + ", ".join(
+            f"{field.name}: {type(getattr(item, field.name)).__name__}"
+            for field in dataclasses.fields(item)) + ")"
+        for item in notifications
+    })
+
+
+@pgcelery.post_insert_listener(ReadingChannel, batch=100)
+def readings_batched(notifications):
+    record("readings_batched", ns=[item.new.n for item in notifications],
+           kinds=kinds(notifications),
+           values=sorted({type(item.new.value).__name__ for item in notifications}),
+           contexts=[item.context for item in notifications])
+
+
+@pgcelery.listener(Tally, batch=50)
+def tallies_batched(notifications):
+    record("tallies_batched", ns=[item.n for item in notifications], kinds=kinds(notifications))
+
+
+@pgcelery.listener(AtomicTally, batch=10, atomic=True)
+def atomic_tallies(notifications):
+    """One event per notification, committed with the batch's task ids."""
+    for item in notifications:
+        record("atomic_tallies", n=item.n)
+
+
+@pgcelery.listener(FailingTally, batch=10)
+def failing_tallies(notifications):
+    """Fails until an event 'failing_tallies_fixed' exists."""
+    if not Event.objects.filter(listener="failing_tallies_fixed").exists():
+        raise RuntimeError(f"batch of {len(notifications)} fails")
+    record("failing_tallies", ns=[item.n for item in notifications])
+
+
+@pgcelery.listener(KeptTally, batch=20, redeliver_after=3)
+def kept_tallies(notifications):
+    record("kept_tallies", ns=[item.n for item in notifications])

@@ -63,3 +63,10 @@ class Account(models.Model):
     name = models.CharField(max_length=100)
     password = models.CharField(max_length=128)
     api_token = models.CharField(max_length=64)
+
+
+class Reading(models.Model):
+    """Rows written in bulk, for batch listeners."""
+
+    n = models.IntegerField()
+    value = models.DecimalField(max_digits=12, decimal_places=3)
