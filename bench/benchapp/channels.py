@@ -1,12 +1,17 @@
 from dataclasses import dataclass
 
-from bench.benchapp.models import Source
+from bench.benchapp.models import BatchSource, Source
 from pgcelery import Channel, TriggerChannel
 
 
 @dataclass
 class SourceChannel(TriggerChannel):
     model = Source
+
+
+@dataclass
+class BatchSourceChannel(TriggerChannel):
+    model = BatchSource
 
 
 @dataclass

@@ -5,7 +5,14 @@ import time
 from celery import shared_task
 
 import pgcelery
-from bench.benchapp.channels import Blob, FailingTick, KeptTick, SourceChannel, Tick
+from bench.benchapp.channels import (
+    BatchSourceChannel,
+    Blob,
+    FailingTick,
+    KeptTick,
+    SourceChannel,
+    Tick,
+)
 from bench.benchapp.models import Hit
 
 QUEUE = "bench"
@@ -14,6 +21,13 @@ QUEUE = "bench"
 @pgcelery.post_insert_listener(SourceChannel, queue=QUEUE)
 def source_inserted(old, new):
     Hit.objects.create(n=new.n, started=time.time(), via="pgcelery")
+
+
+@pgcelery.post_insert_listener(BatchSourceChannel, queue=QUEUE, batch=500)
+def batch_inserted(notifications):
+    started = time.time()
+    Hit.objects.bulk_create(Hit(n=item.new.n, started=started, via="batch")
+                            for item in notifications)
 
 
 @pgcelery.listener(Tick, queue=QUEUE)

@@ -30,6 +30,20 @@ class NaiveSource(models.Model):
         ]
 
 
+class BareSource(models.Model):
+    """The same table with the cheapest useful trigger: a bare
+    ``pg_notify(channel, to_jsonb(NEW)::text)`` per row, installed by plain SQL in the
+    migration (no pgtrigger wrapper), the write-cost floor of any notifying trigger."""
+
+    n = models.IntegerField()
+
+
+class BatchSource(models.Model):
+    """Rows whose inserts reach a listener with ``batch=500``."""
+
+    n = models.IntegerField()
+
+
 class Hit(models.Model):
     """One listener run: which notification, when it started, through which bridge."""
 
