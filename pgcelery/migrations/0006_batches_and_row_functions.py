@@ -5,6 +5,8 @@ statement for bulk writes), and leave the notification's uuid empty: its task id
 from its id and created_at instead, which spares the writer generating random bytes.
 Failed and remembered deliveries of batch listeners hold their notifications in one row
 (side 'batch'); ``atomic=True`` batch listeners record one task id per notification.
+Bridges of the previous release cannot read rows without a uuid: stop them before the apps'
+triggers move to these functions.
 
 Frozen: the SQL below is what this migration installs, for good.
 """
