@@ -268,9 +268,13 @@ def check_rows(model: type[models.Model], payload: Any) -> None:
 # -- Trigger rows ----------------------------------------------------------------------
 
 
+#: One decoder for every payload: ``json.loads`` with options builds a new one per call.
+_DECODER = json.JSONDecoder(parse_float=decimal.Decimal)
+
+
 def load(text: str) -> Any:
     """Parses stored JSON, keeping every number exact (``numeric`` columns stay Decimal)."""
-    return json.loads(text, parse_float=decimal.Decimal)
+    return _DECODER.decode(text)
 
 
 def dump(value: Any) -> str:
