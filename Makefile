@@ -4,7 +4,7 @@
 #             on psycopg2, then the broker-facing, end-to-end and fault tests on psycopg 3, and
 #             the broker-facing tests on RabbitMQ when one runs on 127.0.0.1:5672
 # make test-fast - the unit and integration tiers (PostgreSQL and Redis only), in seconds
-# make bench / make bench-quick - the benchmark (full, or about a minute)
+# make bench / make bench-quick - the benchmark (full, or smaller sizes)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
 # make soak      - writers at a steady rate for 10 minutes (SOAK_ARGS="--minutes 30 --rate 200")
 PYTHON ?= python3

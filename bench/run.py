@@ -487,7 +487,7 @@ def table(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a run of minutes")
     parser.add_argument("--only", choices=MEASURES, nargs="+", default=list(MEASURES),
                         help="some measures only (the results file is not written)")
     arguments = parser.parse_args()
