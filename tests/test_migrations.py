@@ -11,8 +11,9 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import RunSQL
 from django.test import override_settings
 
-from pgcelery.checks import check_trigger_migrations
+from pgcelery.checks import check_listener_triggers_migrated, check_trigger_migrations
 from tests import support
+from tests.testapp.models import Reading
 
 #: The SHA-256 of the SQL each pgcelery migration runs (of nothing, where it runs none).
 #: Databases were migrated with exactly this SQL: a change goes into a new migration, never
@@ -118,6 +119,17 @@ def test_migrating_from_zero_step_by_step_or_back_and_forth_ends_the_same(fresh_
     assert not [name for kind, name, _ in schema(at_once) if name.startswith("pgcelery")]
     migrate(at_once)
     assert schema(at_once) == expected
+
+
+def test_a_listener_trigger_missing_from_the_migrations_is_a_warning():
+    """As after declaring a listener without running makemigrations: its trigger would
+    never be installed, and nothing else would say so."""
+    assert check_listener_triggers_migrated() == []
+    with override_settings(MIGRATION_MODULES={"testapp": "tests.stale_migrations"}):
+        [warning] = check_listener_triggers_migrated()
+    assert (warning.id, warning.obj) == ("pgcelery.W001", Reading)
+    assert "is not in the migrations of 'testapp' as it is declared" in warning.msg
+    assert warning.hint == "Run `python manage.py makemigrations testapp`, then `migrate`."
 
 
 def test_a_trigger_migration_without_its_pgcelery_dependency_is_an_error():
