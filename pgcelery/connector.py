@@ -231,20 +231,20 @@ class Connector(abc.ABC):
                     self._run("COMMIT")
             except BaseException:
                 if self._begun and self._connection is not None and not self._connection.closed:
+                    self._deferred = []  # not sent: the transaction is undone
                     with contextlib.suppress(*self.errors):
-                        self._run("ROLLBACK", deferred=False)
+                        self._run("ROLLBACK")
                 raise
             finally:
                 self._begun, self._deferred = False, None
 
-    def _run(self, statement: str, params: Any = None,
-             deferred: bool = True) -> list[tuple[Any, ...]]:
-        """Runs ``statement`` (after the statements deferred before it, unless ``deferred``
-        is False) and returns its rows; the first statement of a transaction begins it."""
+    def _run(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Runs ``statement`` after the statements deferred before it and returns its rows;
+        the first statement of a transaction begins it."""
         with self._connection.cursor() as cursor:
             text = statement if params is None else self._mogrify(cursor, statement, params)
             if self._deferred is not None:
-                before = ([] if self._begun else ["BEGIN"]) + (self._deferred if deferred else [])
+                before = ([] if self._begun else ["BEGIN"]) + self._deferred
                 text = "; ".join([*before, text])
                 self._begun, self._deferred = True, []
             cursor.execute(text)
@@ -253,11 +253,10 @@ class Connector(abc.ABC):
     def _defer(self, statement: str, params: Any) -> None:
         """Sends ``statement`` with the transaction's next statement or its COMMIT: for
         those whose result is not read."""
-        with self._connection.cursor() as cursor:
-            text = self._mogrify(cursor, statement, params)
         if self._deferred is None:
             raise RuntimeError("A deferred statement runs in a transaction only.")
-        self._deferred.append(text)
+        with self._connection.cursor() as cursor:
+            self._deferred.append(self._mogrify(cursor, statement, params))
 
     def claim(self, limit: int, budget: int, scope: Scope) -> tuple[list[messages.Row], bool]:
         """Locks pending rows in ``scope`` holding up to ``limit`` notifications and
