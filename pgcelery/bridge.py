@@ -20,10 +20,12 @@ import socket
 import time
 from collections.abc import Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from celery import Celery
+from django.core.exceptions import ImproperlyConfigured
 
-from pgcelery import channels, conf, messages, registry
+from pgcelery import channels, conf, logs, messages, metrics, registry
 from pgcelery.connector import Connector, Failure, Scope, connector_for
 from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
 from pgcelery.registry import Listener
@@ -60,25 +62,38 @@ class Backoff:
 class Dependency:
     """A database or the broker as the bridge sees it: up, or down until ``retry_at``."""
 
-    def __init__(self, name: str, max_backoff: float) -> None:
-        self.name = name
+    def __init__(self, kind: str, name: str, max_backoff: float) -> None:
+        self.kind, self.name = kind, name
         self.backoff = Backoff(max_backoff)
         self.retry_at = 0.0
-        self.down = False
+        #: Why it is down, or None while it is up.
+        self.error: str | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.error is not None
 
     def failed(self, exc: Exception) -> None:
         """Logs the outage once, and puts off the next attempt by the backoff's delay."""
         if not self.down:
-            logger.error("%s unavailable (%s); retrying with backoff.", self.name, exc)
-            self.down = True
+            logger.error("%s unavailable (%s); retrying with backoff.", self.label, exc)
+        self.error = str(exc) or type(exc).__name__
         self.retry_at = time.monotonic() + self.backoff.next_delay()
 
     def succeeded(self) -> None:
         if self.down:
-            logger.info("%s available again.", self.name)
-            self.down = False
+            logger.info("%s available again.", self.label)
+            self.error = None
         self.backoff.reset()
         self.retry_at = 0.0
+
+    @property
+    def label(self) -> str:
+        label = self.state().label
+        return label[0].upper() + label[1:]
+
+    def state(self) -> metrics.DependencyState:
+        return metrics.DependencyState(self.kind, self.name, not self.down, self.error)
 
 
 class Outbox:
@@ -87,7 +102,7 @@ class Outbox:
     def __init__(self, connector: Connector, max_backoff: float) -> None:
         self.connector = connector
         self.alias = connector.alias
-        self.health = Dependency(f"Database {connector.alias!r}", max_backoff)
+        self.health = Dependency("database", repr(connector.alias), max_backoff)
         #: When to claim next without a wake-up; 0 is at once.
         self.sweep_at = 0.0
         #: When the next unfinished delivery of a ``redeliver_after`` listener is due.
@@ -116,6 +131,8 @@ class Bridge:
         channels: Sequence[str] | None = None,
         batch_size: int | None = None,
         sweep_interval: float | None = None,
+        metrics_port: int | None = None,
+        metrics_address: str | None = None,
     ) -> None:
         max_backoff = conf.max_backoff()
         aliases = list(databases) if databases else conf.databases()
@@ -137,8 +154,21 @@ class Bridge:
             for listener in registry.registered_listeners()
             if self.channels is None or listener.channel in self.channels
         )
-        self.broker = Dependency("Broker", max_backoff)
+        self.broker = Dependency("broker", "", max_backoff)
         self.stopping = False
+        #: Where ``/metrics`` and ``/health`` are served, if anywhere.
+        port = metrics_port or conf.metrics_port()
+        self.metrics_at = None if port is None else (metrics_address or conf.metrics_address(),
+                                                     port)
+        self.metrics = None if port is None else metrics.Metrics(
+            self.channels or registry.registered_channels(), self.state)
+        self.observed_at: float | None = None
+        #: When the loop last turned or finished a batch.
+        self.progressed_at = time.monotonic()
+        #: ``/health`` reports a bridge stuck once it made no progress for this long. With
+        #: metrics on it ticks every ``BACKLOG_INTERVAL`` at the latest, and a transaction
+        #: takes up to the database timeout before the watchdog ends it.
+        self.stuck_after = 2 * (metrics.BACKLOG_INTERVAL + conf.database_timeout())
         # Signals write to _wake_w (set_wakeup_fd), so a stop ends any wait at once.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -148,6 +178,7 @@ class Bridge:
 
     def run(self) -> None:
         """Serves until SIGTERM or SIGINT; finishes the batch in hand, then returns."""
+        server = self._serve_metrics()
         previous = self._install_signal_handlers()
         logger.info(
             "Bridge started on %s %s for %s.",
@@ -161,8 +192,12 @@ class Bridge:
                     if self.stopping:
                         break
                     self._turn(outbox)
+                self._tick()
                 self._wait(self._next_turn() - time.monotonic())
         finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
             self.close()
             self._restore_signal_handlers(previous)
         logger.info("Bridge stopped.")
@@ -222,7 +257,8 @@ class Bridge:
             self.broker.failed(exc)
             return
         outbox.health.succeeded()
-        self.broker.succeeded()
+        if self.publisher.reached_at >= now:  # else the broker was not asked
+            self.broker.succeeded()
         outbox.sweep_at = time.monotonic() + self.sweep_interval
 
     def _connect(self, outbox: Outbox) -> None:
@@ -236,7 +272,56 @@ class Bridge:
                 "through session pooling.", outbox.alias, self.sweep_interval)
 
     def _next_turn(self) -> float:
-        return max(min(outbox.next_turn() for outbox in self.outboxes), self.broker.retry_at)
+        turn = max(min(outbox.next_turn() for outbox in self.outboxes), self.broker.retry_at)
+        if self.observed_at is not None:
+            turn = min(turn, self.observed_at + metrics.BACKLOG_INTERVAL)
+        return turn
+
+    # -- telling about itself ----------------------------------------------------------
+
+    def state(self) -> metrics.State:
+        """What ``/health`` and ``pgcelery_up`` report; read from the server's thread."""
+        return metrics.State(
+            [outbox.health.state() for outbox in self.outboxes] + [self.broker.state()],
+            time.monotonic() - self.progressed_at, self.stuck_after)
+
+    def _serve_metrics(self) -> WSGIServer | None:
+        if self.metrics is None or self.metrics_at is None:
+            return None
+        address, port = self.metrics_at
+        try:
+            return metrics.serve(self.metrics, address, port)
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"The bridge cannot serve metrics on {address}:{port} (PGCELERY_METRICS_PORT, "
+                f"--metrics-port; PGCELERY_METRICS_ADDRESS, --metrics-address): {exc}. "
+                "Choose a free port, or an address of this machine.") from exc
+
+    def _tick(self) -> None:
+        """Notes progress, and refreshes the metrics if due: after every batch and every turn
+        of the loop, so a long catch-up shows as it goes."""
+        self.progressed_at = time.monotonic()
+        self._observe_if_due()
+
+    def _observe_if_due(self) -> None:
+        """Reads the backlog gauges from the databases, and asks the broker whether it is up
+        (an idle bridge would not find out otherwise), every ``BACKLOG_INTERVAL`` seconds."""
+        now = time.monotonic()
+        if self.metrics is None or (self.observed_at is not None
+                                    and now < self.observed_at + metrics.BACKLOG_INTERVAL):
+            return
+        self.observed_at = now
+        for outbox in self._connected():
+            try:
+                self.metrics.set_backlog(outbox.alias, outbox.connector.backlog())
+            except outbox.connector.errors as exc:
+                outbox.lost(exc)
+        try:
+            self.publisher.ping()
+        except BrokerUnavailable as exc:
+            self.broker.failed(exc)
+        else:
+            self.broker.succeeded()
 
     # -- waiting -----------------------------------------------------------------------
 
@@ -301,30 +386,37 @@ class Bridge:
         while more and not self.stopping:
             count, more = self._batch(outbox)
             handled += count
+            self._tick()
         return handled
 
     def _batch(self, outbox: Outbox) -> tuple[int, bool]:
         """Publishes one claim's notifications; returns how many, and whether more wait."""
         connector = outbox.connector
+        claimed = time.monotonic()
         with connector.transaction():
             rows, left = connector.claim(self.batch_size, self.batch_bytes, self.scope)
-            failed = self._dispatch_all(rows, outbox)
+            failed, sent = self._dispatch_all(rows, outbox)
             connector.fail(failed)
             if rows:
                 connector.delete(row.id for row in rows)
+        if self.metrics is not None and sent:
+            self.metrics.published(sent, claimed)
         if len(rows) > len(failed):
             logger.info("Published %d notification(s).", len(rows) - len(failed))
         return len(rows), left or len(rows) >= self.batch_size
 
-    def _dispatch_all(self, rows: list[messages.Row], outbox: Outbox) -> list[Failure]:
-        """Publishes the rows' tasks; returns (id, position, reason) of those that failed.
+    def _dispatch_all(self, rows: list[messages.Row],
+                      outbox: Outbox) -> tuple[list[Failure], list[messages.Delivery]]:
+        """Publishes the rows' tasks; returns (id, position, reason) of the notifications
+        that failed, and the deliveries sent.
 
         The deliveries of ``redeliver_after`` listeners are remembered before any message
         leaves, in the claim's transaction.
         """
         failed: list[Failure] = []
+        sent: list[messages.Delivery] = []
         if not rows:
-            return failed
+            return failed, sent
         deliveries = self._deliveries(rows, failed)
         periods = {listener: self.publisher.redelivery_period(listener)
                    for listener in {delivery.listener for delivery in deliveries}}
@@ -334,7 +426,9 @@ class Bridge:
         with self.publisher.batch():
             for delivery in deliveries:
                 reason = self._send(delivery, outbox.alias)
-                if reason is not None:
+                if reason is None:
+                    sent.append(delivery)
+                else:
                     failed.extend(_failure(row, reason) for row in delivery.rows)
         # A failed notification goes again to all its listeners once retried.
         failed_rows = {(row_id, position) for row_id, position, _ in failed}
@@ -344,7 +438,7 @@ class Bridge:
         if remembered:
             soonest = time.monotonic() + min(period for _, period in remembered)
             outbox.redeliver_at = min(outbox.redeliver_at, soonest)
-        return failed
+        return failed, sent
 
     def _deliveries(self, rows: list[messages.Row],
                     failed: list[Failure]) -> list[messages.Delivery]:
@@ -399,8 +493,10 @@ class Bridge:
             return f"publishing task {name} failed: {exc}"
         except Exception as exc:  # a message the serializer rejects
             return f"publishing task {name} failed: {exc!r}"
-        logger.debug("Notification %d on %s -> task %s[%s]", delivery.row.id,
-                     delivery.row.channel, name, delivery.task_id)
+        if logger.isEnabledFor(logging.DEBUG):  # the fields cost, per message
+            logger.debug("Notification %d on %s -> task %s[%s]", delivery.row.id,
+                         delivery.row.channel, name, delivery.task_id,
+                         extra=_fields(delivery.row, delivery.task_id, name))
         return None
 
     # -- redelivering ------------------------------------------------------------------
@@ -436,18 +532,20 @@ class Bridge:
         row = rows[0]
         task_name, task_id = row.listener or "", row.task_id or ""
         listener = registry.find(row.channel, row.trigger, task_name)
+        extra = _fields(row, task_id, task_name)
         if listener is None:
             logger.warning("Delivery %s[%s] of notification %d is due again, but %s is not "
                            "registered in this bridge: left for a bridge that knows it.",
-                           task_name, task_id, row.id, task_name)
+                           task_name, task_id, row.id, task_name, extra=extra)
             return
         reason = self._send(messages.Delivery(listener, task_id, rows), database)
         if reason is None:
             logger.warning("Task %s[%s] (notification %d on %s) has not finished in time: "
-                           "published again.", task_name, task_id, row.id, row.channel)
+                           "published again.", task_name, task_id, row.id, row.channel,
+                           extra=extra)
         else:
             logger.error("Delivery %s[%s] of notification %d could not be published again: "
-                         "%s", task_name, task_id, row.id, reason)
+                         "%s", task_name, task_id, row.id, reason, extra=extra)
 
     def _prune_if_due(self, outbox: Outbox) -> None:
         now = time.monotonic()
@@ -458,8 +556,16 @@ class Bridge:
 
 
 def _failure(row: messages.Row, reason: str) -> Failure:
-    logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason)
+    logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason,
+                 extra=_fields(row))
     return (row.id, row.position, reason)
+
+
+def _fields(row: messages.Row, task_id: str | None = None,
+            listener: str | None = None) -> dict[str, Any]:
+    """The JSON log fields of a line about ``row``'s notification."""
+    return logs.fields(channel=row.channel, notification=row.id, task_id=task_id,
+                       listener=listener)
 
 
 def _no_listener_reason(row: messages.Row) -> str:

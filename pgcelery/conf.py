@@ -163,6 +163,28 @@ def unknown_grace() -> datetime.timedelta:
     return seconds("PGCELERY_UNKNOWN_GRACE", _setting("PGCELERY_UNKNOWN_GRACE", 300))
 
 
+def tcp_port(name: str, value: Any) -> int:
+    """``value`` as a TCP port number to listen on."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise _invalid(name, value, "a TCP port number from 1 to 65535")
+    return value
+
+
+def metrics_port() -> int | None:
+    """The port the bridge serves ``/metrics`` and ``/health`` on; None (the default) is off."""
+    value = _setting("PGCELERY_METRICS_PORT", None)
+    return None if value is None else tcp_port("PGCELERY_METRICS_PORT", value)
+
+
+def metrics_address() -> str:
+    """The address the metrics are served on: this machine only, unless set."""
+    value = _setting("PGCELERY_METRICS_ADDRESS", "127.0.0.1")
+    if not isinstance(value, str) or not value:
+        raise _invalid("PGCELERY_METRICS_ADDRESS", value,
+                       "an IP address or host name to listen on, e.g. '0.0.0.0'")
+    return value
+
+
 #: How long a finished delivery of a ``redeliver_after`` listener is remembered, so that a
 #: copy of its message still in a queue is skipped.
 FINISHED_DELIVERY_RETENTION = datetime.timedelta(hours=1)
@@ -185,3 +207,5 @@ def check() -> None:
     redeliver_after()
     unknown_grace()
     context_max_bytes()
+    metrics_port()
+    metrics_address()

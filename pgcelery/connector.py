@@ -336,6 +336,12 @@ class Connector(abc.ABC):
             [(seconds,)] = self._run(sql.NEXT_REDELIVERY, [names, names])
         return None if seconds is None else float(seconds)
 
+    def backlog(self) -> list[tuple[Any, ...]]:
+        """(channel, pending notifications, oldest one's age in seconds or None, failed rows)
+        of every channel with rows in the outbox, whichever bridge serves it."""
+        with self.transaction():
+            return self._run(sql.BACKLOG)
+
     @abc.abstractmethod
     def _open(self, params: dict[str, Any]) -> Any:
         """A new driver connection from Django's connection parameters."""

@@ -36,6 +36,8 @@ class Row(typing.NamedTuple):
     #: under the task id it had.
     listener: str | None = None
     task_id: str | None = None
+    #: Seconds from the writer's transaction to the claim, by the database's clock.
+    age: float = 0.0
 
 
 @dataclasses.dataclass

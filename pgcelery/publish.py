@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,8 @@ class Publisher:
         self._producer: Producer | None = None
         self._routes: dict[Listener, Route] = {}
         self._lists: redis_lists.ListWriter | None = None
+        #: ``time.monotonic()`` when the broker last answered: a batch sent, or a ping.
+        self.reached_at = 0.0
 
     def publish(self, delivery: messages.Delivery, database: str) -> None:
         """Sends (or, inside :meth:`batch`, buffers) the task message of ``delivery``.
@@ -122,6 +125,22 @@ class Publisher:
                 celery_internals.send_message(self.app, self._open(), listener.task_name,
                                               message, **route.send_options)
 
+    def ping(self) -> None:
+        """Asks the broker for one round trip (Redis and AMQP; other transports are taken
+        to be up until a publish fails).
+
+        Raises:
+            BrokerUnavailable: if the broker cannot be reached.
+        """
+        with self._broker_errors():
+            channel: Any = self._open().channel
+            if redis_lists.supports(channel):
+                channel.client.ping()
+            elif typing.cast(Connection, self._connection).transport.driver_type == "amqp":
+                # A passive declare of an exchange every AMQP broker has.
+                channel.exchange_declare(exchange="amq.direct", type="direct", passive=True)
+            self.reached_at = time.monotonic()
+
     def redelivery_period(self, listener: Listener) -> float | None:
         """The listener's ``redeliver_after`` (its own, or the setting's).
 
@@ -150,6 +169,7 @@ class Publisher:
                     yield
                     if self._lists is not None:
                         self._lists.flush()
+                self.reached_at = time.monotonic()
             finally:
                 self._lists = None
 

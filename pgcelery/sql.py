@@ -101,8 +101,8 @@ SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 #: notifications and end within {budget} stored payload bytes (the first row always), and
 #: returns their notifications one per result row: (id, position in the row, uuid, channel,
 #: trigger, payload, context, for a failed delivery put back in the queue its listener and
-#: task id, and whether rows were left out for the limits). The other locked rows are free
-#: again at commit.
+#: task id, its age in seconds, and whether rows were left out for the limits). The other
+#: locked rows are free again at commit.
 #: The transaction's commit does not wait for the disk: it only deletes or marks rows, and
 #: if the server crashed before flushing it, its rows would be published again with the
 #: same task ids. Set for the transaction only, so nothing outlives it on a pooled session.
@@ -126,7 +126,8 @@ WITH unsynced AS MATERIALIZED (
     SELECT id FROM counted WHERE before < {{limit}} AND (bytes <= {{budget}} OR n = 1)
 )
 SELECT o.id, n.position, n.seed::text, o.channel, o.trigger, n.payload::text, n.context::text,
-       o.listener, o.task_id, (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
+       o.listener, o.task_id, extract(epoch FROM statement_timestamp() - o.created_at)::float8,
+       (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN unsynced
@@ -184,10 +185,21 @@ WHERE o.side IN ('new', 'old')
 ORDER BY failed.id, failed.position
 """
 
-#: One row per channel: pending notifications, the oldest one's age, failed rows and the
-#: first $1 of them as a JSON array of {"id", "reason", "listener", "task_id"}. One
-#: statement, so one snapshot: a failure committed meanwhile is in the counts and the list,
-#: or in neither.
+#: One row per channel with rows in the outbox: pending notifications, the oldest one's age
+#: in seconds, failed rows. The bridge's metrics read it every few seconds.
+BACKLOG = f"""
+SELECT channel,
+       coalesce(sum(size) FILTER (WHERE failed_at IS NULL), 0) AS pending,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))::float8
+           AS oldest,
+       count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed
+FROM {OUTBOX}
+GROUP BY channel
+"""
+
+#: :data:`BACKLOG`, and the first $1 failures of each channel as a JSON array of
+#: {"id", "reason", "listener", "task_id"}. One statement, so one snapshot: a failure
+#: committed meanwhile is in the counts and the list, or in neither.
 STATUS = f"""
 WITH failures AS (
     SELECT channel, id, failure, listener, task_id,
@@ -196,15 +208,7 @@ WITH failures AS (
 )
 SELECT counts.channel, counts.pending, counts.oldest, counts.failed,
        coalesce(listed.failures, '[]')::text
-FROM (
-    SELECT channel,
-           coalesce(sum(size) FILTER (WHERE failed_at IS NULL), 0) AS pending,
-           extract(epoch FROM now() - min(created_at) FILTER (WHERE failed_at IS NULL))
-               AS oldest,
-           count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed
-    FROM {OUTBOX}
-    GROUP BY channel
-) AS counts
+FROM ({BACKLOG}) AS counts
 LEFT JOIN LATERAL (
     SELECT json_agg(json_build_object('id', id, 'reason', failure, 'listener', listener,
                                       'task_id', task_id) ORDER BY id) AS failures

