@@ -1,7 +1,6 @@
 """Django app config: discovers every installed app's ``listeners`` module."""
 
 from django.apps import AppConfig, apps
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -11,12 +10,10 @@ class PgceleryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from pgcelery import checks  # noqa: F401 - registers the system checks
+
         if not apps.is_installed("pgtrigger"):
-            raise ImproperlyConfigured(
-                "pgcelery installs its triggers through django-pgtrigger: "
-                "add 'pgtrigger' to INSTALLED_APPS."
-            )
+            return  # pgcelery.E002 says so; the listeners' triggers would go nowhere
         # Importing the listeners registers their triggers (for makemigrations) and their
         # tasks (for the bridge and the workers) without the user importing them.
         autodiscover_modules("listeners")
-        from pgcelery import checks  # noqa: F401 - registers the system checks

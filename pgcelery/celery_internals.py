@@ -13,11 +13,34 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery import _state as celery_state
 from celery.utils.nodenames import anon_nodename
 from kombu import serialization
 from kombu.entity import maybe_delivery_mode
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
+
+# -- apps --------------------------------------------------------------------------------
+
+
+def is_fallback_app(app: Celery) -> bool:
+    """Whether ``app`` is the app Celery makes up when none was created or made current.
+
+    Assumes Celery creates it as ``Celery('default', fixups=[], set_as_current=False)`` and
+    keeps it as ``celery._state.default_app``.
+    """
+    fallback = getattr(celery_state, "default_app", None)
+    return app is fallback and app.main == "default" and not app.fixups
+
+
+def db_reuse_max(app: Celery) -> Any:
+    """``CELERY_DB_REUSE_MAX`` as Celery's Django fixup reads it: unset, the worker closes
+    the database connections after every task.
+
+    Assumes the fixup reads ``app.conf.get('CELERY_DB_REUSE_MAX')``.
+    """
+    return app.conf.get("CELERY_DB_REUSE_MAX")
+
 
 # -- tasks -------------------------------------------------------------------------------
 

@@ -8,14 +8,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pgtrigger
+from django.apps import apps
+from django.conf import settings
 from django.core import checks
-from django.db import models
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, models, router
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from pgtrigger import compiler, features
 from pgtrigger.migrations import AddTrigger
 
-from pgcelery import channels, registry, sql
+from pgcelery import celery_internals, channels, conf, publish, registry, sql
+from pgcelery.models import Notification
 
 _FUNCTION_CALL = re.compile(r"\b(" + "|".join(map(re.escape, sql.FUNCTION_MIGRATIONS)) + r")\(")
 
@@ -93,6 +97,27 @@ def check_listener_triggers_migrated(app_configs: Any = None,
     return warnings
 
 
+def uninstalled_listener_triggers(database: str) -> list[str]:
+    """Why each listener trigger that ``database`` should have, and has not, matters: read at
+    the bridge's start, since the system check sees the migrations but not the database.
+
+    Raises:
+        django.db.Error: if the database cannot be read.
+    """
+    with connections[database].cursor() as cursor:
+        cursor.execute(sql.INSTALLED_TRIGGERS)
+        installed = set(cursor.fetchall())
+    return [
+        f"Database {database!r}: the trigger {trigger.name!r} of a listener on "
+        f"{model._meta.label} is not installed, so the writes it watches are not recorded. "
+        f"Run `python manage.py makemigrations {model._meta.app_label}`, then `migrate`."
+        for model, trigger in _listener_triggers()
+        if router.allow_migrate_model(database, model)
+        # pgtrigger annotates the model class it takes as a model instance.
+        and (model._meta.db_table, trigger.get_pgid(model)) not in installed  # type: ignore[arg-type]
+    ]
+
+
 def _listener_triggers() -> Iterator[tuple[type[models.Model], pgtrigger.Trigger]]:
     """(model, pgtrigger trigger) of every trigger a registered listener is fed by, once."""
     seen: set[str] = set()
@@ -107,3 +132,81 @@ def _listener_triggers() -> Iterator[tuple[type[models.Model], pgtrigger.Trigger
             for registered, trigger in pgtrigger.registered(uri):
                 # pgtrigger annotates the model class it registers as a model instance.
                 yield typing.cast(type[models.Model], registered), trigger
+
+
+@checks.register()
+def check_pgtrigger_installed(app_configs: Any = None,
+                              **kwargs: Any) -> list[checks.CheckMessage]:
+    """pgcelery installs its triggers through django-pgtrigger's migrations."""
+    if apps.is_installed("pgtrigger"):
+        return []
+    return [checks.Error(
+        "django-pgtrigger is not in INSTALLED_APPS: pgcelery installs its listeners' "
+        "triggers through it, so no write a trigger listener watches would be recorded.",
+        hint="Add 'pgtrigger' to INSTALLED_APPS, then run makemigrations and migrate.",
+        id="pgcelery.E002",
+    )]
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The ``PGCELERY_*`` settings, as the bridge reads them at start."""
+    try:
+        conf.check()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), hint="Correct the setting named; the bridge would not "
+                             "start with it.", id="pgcelery.E003")]
+    return []
+
+
+@checks.register()
+def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A Celery app of the project's own, and workers that keep their database connection."""
+    try:
+        app = publish.celery_app()
+    except ImproperlyConfigured:  # pgcelery.E003 says why
+        return []
+    if celery_internals.is_fallback_app(app):
+        return [checks.Warning(
+            "No Celery app is loaded: the bridge would publish with Celery's defaults (an AMQP "
+            "broker on localhost) and the listeners' tasks belong to no configured app.",
+            hint="Import your Celery app in your project package's __init__.py (`from .celery "
+                 "import app as celery_app`, as Celery's Django guide does), or set "
+                 "PGCELERY_CELERY_APP to its dotted path.",
+            id="pgcelery.W002",
+        )]
+    if celery_internals.db_reuse_max(app) is None:
+        return [checks.Warning(
+            "CELERY_DB_REUSE_MAX is not set: Celery's workers close the database connections "
+            "after every task, so each listener task opens a new connection.",
+            hint="Set CELERY_DB_REUSE_MAX (e.g. 1000) in the settings Celery reads, and close "
+                 "stale connections around tasks as Django does around requests "
+                 "(django.db.close_old_connections on task_prerun and task_postrun).",
+            id="pgcelery.W004",
+        )]
+    return []
+
+
+@checks.register()
+def check_databases_drained(app_configs: Any = None,
+                            **kwargs: Any) -> list[checks.CheckMessage]:
+    """Every PostgreSQL database that gets pgcelery's outbox is drained by the bridge.
+
+    Notifications are recorded in the database of the write or of ``notify(using=...)``;
+    one that no bridge drains keeps them forever.
+    """
+    try:
+        drained = conf.databases()
+    except ImproperlyConfigured:  # pgcelery.E003 says why
+        return []
+    return [checks.Warning(
+        f"Database {alias!r} gets pgcelery's outbox (its migrations are allowed there), but "
+        f"PGCELERY_DATABASES ({drained!r}) does not list it: notifications written to it "
+        "would never be published.",
+        hint=f"Add {alias!r} to PGCELERY_DATABASES (or run a bridge with --database and list "
+             "it there too), or keep pgcelery's migrations out of it with a database router.",
+        obj=alias,
+        id="pgcelery.W003",
+    ) for alias in settings.DATABASES
+        if alias not in drained and connections[alias].vendor == "postgresql"
+        and router.allow_migrate_model(alias, Notification)]

@@ -185,6 +185,14 @@ WHERE o.side IN ('new', 'old')
 ORDER BY failed.id, failed.position
 """
 
+#: (table, trigger) of every trigger the database has, for the bridge to tell at start which
+#: listener triggers are missing.
+INSTALLED_TRIGGERS = """
+SELECT c.relname::text, t.tgname::text
+FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+"""
+
 #: One row per channel with rows in the outbox: pending notifications, the oldest one's age
 #: in seconds, failed rows. The bridge's metrics read it every few seconds.
 BACKLOG = f"""

@@ -1,7 +1,12 @@
 """One test per assumption ``pgcelery.celery_internals`` makes about Celery and kombu."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from celery import Celery, current_app
+from celery.fixups.django import DjangoWorkerFixup
 
 from pgcelery import celery_internals
 from tests import support
@@ -71,3 +76,25 @@ def test_send_message_publishes_to_the_routed_queue():
         celery_internals.send_message(app, producer, "a.task", message, **route)
     [received] = support.take_messages("stats")
     assert received.headers["id"] == "sent-id"
+
+
+def test_the_fallback_app_is_the_one_celery_makes_up(app):
+    """In a process of its own: in this one, the test project's app is the default."""
+    script = ("from celery import current_app\n"
+              "from pgcelery import celery_internals\n"
+              "print(celery_internals.is_fallback_app(current_app._get_current_object()))\n")
+    found = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, timeout=60, cwd=support.ROOT, env={**os.environ,
+                           "DJANGO_SETTINGS_MODULE": ""})
+    assert found.stdout == "True\n"
+    assert not celery_internals.is_fallback_app(app)
+    assert not celery_internals.is_fallback_app(current_app._get_current_object())
+
+
+def test_the_django_fixup_reads_db_reuse_max_from_the_apps_configuration(app):
+    assert celery_internals.db_reuse_max(app) is None
+    app.conf.CELERY_DB_REUSE_MAX = 7
+    assert celery_internals.db_reuse_max(app) == 7
+    assert DjangoWorkerFixup(app).db_reuse_max == 7
+    # The test project's, set as CELERY_DB_REUSE_MAX in its Django settings.
+    assert celery_internals.db_reuse_max(current_app) == 1000

@@ -103,7 +103,10 @@ def test_docker_compose_runs_web_bridge_and_workers_after_healthy_services():
         assert services[name]["environment"]["DATABASE_URL"].endswith("@postgres:5432/pgcelery")
         assert services[name]["environment"]["CELERY_BROKER_URL"] == "redis://redis:6379/0"
     assert "migrate" in services["web"]["command"] and "runserver" in services["web"]["command"]
-    assert services["bridge"]["command"] == "python manage.py pgcelery_bridge"
+    bridge = services["bridge"]["command"].split()
+    assert bridge[:3] == ["python", "manage.py", "pgcelery_bridge"]
+    port = bridge[bridge.index("--metrics-port") + 1]
+    assert f"http://127.0.0.1:{port}/health" in services["bridge"]["healthcheck"]["test"][-1]
     assert services["worker"]["command"].startswith("celery -A proj worker")
 
 

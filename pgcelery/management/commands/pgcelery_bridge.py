@@ -4,8 +4,9 @@ import logging
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connections
 
-from pgcelery import channels, conf, logs
+from pgcelery import channels, checks, conf, logs
 from pgcelery.bridge import Bridge
 from pgcelery.connector import MissingPrivileges
 from pgcelery.publish import celery_app
@@ -57,9 +58,24 @@ class Command(BaseCommand):
         except (ImproperlyConfigured, LookupError, TypeError) as exc:
             raise CommandError(str(exc)) from exc
         app = celery_app()
-        logging.getLogger(__name__).info("Publishing to %s", app.connection_for_write().as_uri())
+        logger = logging.getLogger(__name__)
+        for database in databases or conf.databases():
+            for message in _uninstalled_triggers(database):
+                logger.error(message)
+        logger.info("Publishing to %s", app.connection_for_write().as_uri())
         try:
             Bridge(app, databases=databases, channels=channel_names, metrics_port=metrics_port,
                    metrics_address=metrics_address).run()
         except (MissingPrivileges, ImproperlyConfigured) as exc:
             raise CommandError(str(exc)) from exc
+
+
+def _uninstalled_triggers(database: str) -> list[str]:
+    """What :func:`checks.uninstalled_listener_triggers` finds; nothing if the database is
+    down (the bridge says so, and waits for it)."""
+    try:
+        return checks.uninstalled_listener_triggers(database)
+    except DatabaseError:
+        return []
+    finally:
+        connections[database].close()
