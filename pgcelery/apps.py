@@ -1,7 +1,10 @@
 """Django app config: discovers every installed app's ``listeners`` module."""
 
 from django.apps import AppConfig, apps
+from django.db.backends.signals import connection_created
 from django.utils.module_loading import autodiscover_modules
+
+from pgcelery import tracing
 
 
 class PgceleryConfig(AppConfig):
@@ -17,3 +20,5 @@ class PgceleryConfig(AppConfig):
         # Importing the listeners registers their triggers (for makemigrations) and their
         # tasks (for the bridge and the workers) without the user importing them.
         autodiscover_modules("listeners")
+        if tracing.available():
+            connection_created.connect(tracing.install, dispatch_uid="pgcelery.tracing")

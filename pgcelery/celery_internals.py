@@ -9,6 +9,7 @@ releases: when a release breaks one, that test names it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,20 @@ def db_reuse_max(app: Celery) -> Any:
     Assumes the fixup reads ``app.conf.get('CELERY_DB_REUSE_MAX')``.
     """
     return app.conf.get("CELERY_DB_REUSE_MAX")
+
+
+def signal_receivers(signal: Any) -> list[Callable[..., Any]]:
+    """The live receivers connected to a Celery signal, for any sender.
+
+    Assumes ``Signal.receivers`` lists (lookup key, receiver or weak reference to it).
+    """
+    found = []
+    for _key, receiver in signal.receivers:
+        if isinstance(receiver, weakref.ReferenceType):
+            receiver = receiver()
+        if receiver is not None:
+            found.append(receiver)
+    return found
 
 
 # -- tasks -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from pgcelery import channels, payloads
+from pgcelery import channels, payloads, tracing
 from pgcelery.registry import Listener
 
 #: The keyword argument that carries the notification to the listener's task.
@@ -174,7 +174,7 @@ def _fields(channel: type[channels.BaseChannel], stored: str,
         }
     else:
         fields = payloads.decode_fields(channel, payload)
-    fields["context"] = payloads.load(context) if context else {}
+    fields["context"] = tracing.without_trace(payloads.load(context)) if context else {}
     return fields
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.transaction import TransactionManagementError
 
-from pgcelery import channels, conf, payloads, sql
+from pgcelery import channels, conf, payloads, sql, tracing
 
 
 def notify(channel: channels.ChannelRef, *, using: str | None = None, **kwargs: Any) -> None:
@@ -29,8 +29,13 @@ def notify(channel: channels.ChannelRef, *, using: str | None = None, **kwargs: 
             "Declare a Channel to notify explicitly."
         )
     payload = payloads.dump(payloads.encode_fields(resolved, kwargs))
+    arguments = [name, channels.pg_channel(name), payload]
+    trace = tracing.encoded_trace()
     with connections[using or DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute(sql.NOTIFY, [name, channels.pg_channel(name), payload])
+        if trace is None:
+            cursor.execute(sql.NOTIFY, arguments)
+        else:
+            cursor.execute(sql.NOTIFY_TRACED, [trace, *arguments])
 
 
 def set_notification_context(context: dict[str, Any], using: str | None = None) -> None:
@@ -55,7 +60,8 @@ def set_notification_context(context: dict[str, Any], using: str | None = None) 
             "set_notification_context() must be called inside transaction.atomic() "
             f"on database {alias!r}: the context belongs to one transaction."
         )
-    encoded = payloads.dump(payloads.encode(context, dict))
+    value = payloads.encode(context, dict)
+    encoded = payloads.dump(value)
     size, limit = len(encoded.encode()), conf.context_max_bytes()
     if size > limit:
         raise ValueError(
@@ -64,5 +70,8 @@ def set_notification_context(context: dict[str, Any], using: str | None = None) 
             "of the transaction: keep ids in it and let listeners load the rest, or raise "
             "the setting."
         )
+    traced = tracing.with_trace(value)  # the writes of a span carry its trace
+    if traced is not value:
+        encoded = payloads.dump(traced)
     with connections[alias].cursor() as cursor:
         cursor.execute(sql.SET_CONTEXT, [encoded])

@@ -20,7 +20,7 @@ import kombu.exceptions
 from celery import Celery, current_app, signals
 from kombu import Connection, Producer, Queue
 
-from pgcelery import celery_internals, conf, messages, redis_lists
+from pgcelery import celery_internals, conf, messages, redis_lists, tracing
 from pgcelery.registry import Listener
 
 logger = logging.getLogger(__name__)
@@ -118,12 +118,16 @@ class Publisher:
                 kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what} on {row.channel}>}}",
                 **route.message_options,
             )
+            trace = _trace(delivery)
+            if trace is not None:
+                message.headers.update(trace)
             target = route.redis_list
             if target is not None and self._lists is not None:
                 self._lists.add(target.queue, message, target.serializer, target.delivery_mode)
             else:
-                celery_internals.send_message(self.app, self._open(), listener.task_name,
-                                              message, **route.send_options)
+                with tracing.parent(trace):
+                    celery_internals.send_message(self.app, self._open(), listener.task_name,
+                                                  message, **route.send_options)
 
     def ping(self) -> None:
         """Asks the broker for one round trip (Redis and AMQP; other transports are taken
@@ -210,15 +214,17 @@ class Publisher:
     def _plain(self, options: dict[str, Any], queue: Queue) -> bool:
         """Whether messages of a route can go straight to a Redis list: a queue reached
         through the default exchange, no priority, expiry or compression, and nothing
-        (signal receivers, sent events) that Celery runs for each message it sends."""
+        (signal receivers, sent events) that Celery runs for each message it sends.
+        OpenTelemetry's receivers do not count: the message carries the writer's trace."""
         return (
             redis_lists.supports(self._open().channel)
             and set(options) <= _PLAIN_OPTIONS
             and queue.exchange.type == "direct"
             and not self.app.conf.task_compression
             and not self.app.conf.task_send_sent_event
-            and not any(getattr(signals, name).receivers for name in _PUBLISH_SIGNALS
-                        if hasattr(signals, name))
+            and not any(not tracing.is_instrumentation(receiver)
+                        for name in _PUBLISH_SIGNALS if hasattr(signals, name)
+                        for receiver in celery_internals.signal_receivers(getattr(signals, name)))
         )
 
     @contextlib.contextmanager
@@ -268,3 +274,13 @@ class Publisher:
             self._connection.collect()
         self._connection = self._producer = None
         self._routes.clear()
+
+
+def _trace(delivery: messages.Delivery) -> dict[str, str] | None:
+    """The trace headers of the delivery's first notification that has any: a task has one
+    parent, and a batch's notifications may come from several writers."""
+    for row in delivery.rows:
+        found = tracing.headers(row.context)
+        if found is not None:
+            return found
+    return None

@@ -55,6 +55,16 @@ _CHUNK_ROW = (
 
 NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
 
+#: Adds keys (a JSON object) to the transaction's notification context: the trace of the
+#: span the writes are made in.
+ADD_TO_CONTEXT = ("SELECT set_config('pgcelery.context', (coalesce(NULLIF(current_setting("
+                  "'pgcelery.context', true), '')::jsonb, '{}'::jsonb) || %s::jsonb)::text, true)")
+
+#: :data:`NOTIFY` with the trace added to the context first, in one statement: outside
+#: ``transaction.atomic()`` the statement is the transaction.
+NOTIFY_TRACED = (f"WITH traced AS MATERIALIZED ({ADD_TO_CONTEXT}) "
+                 f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb) FROM traced")
+
 #: What the task ids of outbox row ``o``'s notifications derive from: its uuid, or, where
 #: the trigger spared the writer generating one, its id and the time it was recorded.
 _SEED = ("coalesce(o.uuid, md5(o.id || ':' || "
