@@ -35,6 +35,8 @@ BROKER_TIMEOUTS: dict[str, dict[str, float]] = {
 }
 #: Broker operations buffered before a batch is sent early.
 BATCH_OPERATIONS = 5000
+#: Characters of a notification's payload that monitoring shows.
+PREVIEW = 200
 #: Options (the listener's, or its task's own) that belong in the message itself rather
 #: than in its routing.
 _MESSAGE_OPTIONS = ("countdown", "expires", "time_limit", "soft_time_limit")
@@ -106,16 +108,18 @@ class Publisher:
         listener, row = delivery.listener, delivery.row
         with self._broker_errors(refusals=True):
             route = self._route(listener)
-            what = (f"notification {row.id}" if listener.batch is None
-                    else f"{len(delivery.rows)} notification(s) from {row.id}")
+            what = (f"notification {row.id} on {row.channel}: {_preview(row.payload)}"
+                    if listener.batch is None
+                    else f"{len(delivery.rows)} notification(s) from {row.id} on {row.channel}")
             message = celery_internals.create_message(
                 self.app,
                 delivery.task_id,
                 listener.task_name,
                 {messages.ENVELOPE: delivery.envelope(database, route.redeliver_after)},
-                # What monitoring shows of the arguments; also spares a repr of the payload.
+                # What monitoring (Flower, celery events) shows of the arguments; also spares
+                # a repr of the whole payload.
                 argsrepr="()",
-                kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what} on {row.channel}>}}",
+                kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what}>}}",
                 **route.message_options,
             )
             trace = _trace(delivery)
@@ -284,3 +288,8 @@ def _trace(delivery: messages.Delivery) -> dict[str, str] | None:
         if found is not None:
             return found
     return None
+
+
+def _preview(payload: str) -> str:
+    """The start of a stored payload, as monitoring shows it."""
+    return payload if len(payload) <= PREVIEW else payload[:PREVIEW] + "…"

@@ -28,6 +28,8 @@ from tests.support import insert_raw
 from tests.testapp.channels import Message, Routed, WithContext
 from tests.testapp.models import Writer
 
+MESSAGE = "tests.testapp.channels.Message"
+
 
 def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
     pgcelery.notify(WithContext, n=1)
@@ -43,6 +45,19 @@ def test_drain_publishes_one_message_per_listener_then_deletes_the_row(bridge):
         args, kwargs, _ = message.decode()
         assert args == []
         assert kwargs[messages.ENVELOPE]["payload"] == '{"n": 1}'
+
+
+def test_monitoring_shows_the_notification_and_the_start_of_its_payload(bridge):
+    """Flower and ``celery events`` show a task's kwargs as its message's kwargsrepr."""
+    pgcelery.notify(Message, text="shown")
+    pgcelery.notify(Message, text="x" * 300)
+    first, second = Notification.objects.order_by("id").values_list("id", flat=True)
+    bridge.drain()
+    shown = sorted(m.headers["kwargsrepr"] for m in support.take_messages("celery"))
+    assert shown == [
+        f"{{'_pgcelery': <notification {first} on {MESSAGE}: {{\"text\": \"shown\"}}>}}",
+        f"{{'_pgcelery': <notification {second} on {MESSAGE}: {{\"text\": \"{'x' * 190}…>}}",
+    ]
 
 
 def test_a_wake_up_read_during_a_batch_is_not_lost(bridge):
