@@ -22,7 +22,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +43,16 @@ django.setup()
 from celery import current_app  # noqa: E402
 from demo import create_database  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 import pgcelery  # noqa: E402
 from bench.benchapp.channels import Blob, FailingTick, KeptTick, Tick  # noqa: E402
 from bench.benchapp.listeners import QUEUE  # noqa: E402
-from bench.benchapp.models import Hit  # noqa: E402
+from bench.benchapp.models import Hit, Source  # noqa: E402
+
+#: Spans are recorded and sampled in the benchmark's writers, as in a traced project.
+trace.set_tracer_provider(TracerProvider())
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ FULL = Sizes(50_000, 20_000, 20.0, 5_000, 50_000, 1_000_000, 80, 100_000)
 QUICK = Sizes(10_000, 4_000, 4.0, 1_000, 20_000, 100_000, 20, 20_000)
 #: Messages per LPUSH in the broker's ceiling: the bridge's batch.
 LPUSH_BATCH = 500
+#: The port of the bridge's /metrics when the benchmark measures them.
+METRICS_PORT = 9471
 
 
 @dataclass
@@ -111,9 +120,9 @@ class Process:
             self.popen.wait()
 
 
-def bridge(**env: str) -> Process:
+def bridge(*options: str, **env: str) -> Process:
     return Process("bridge", sys.executable, "manage.py", "pgcelery_bridge", "--loglevel",
-                   "INFO", ready="Bridge started", **env)
+                   "INFO", *options, ready="Bridge started", **env)
 
 
 def naive() -> Process:
@@ -200,14 +209,9 @@ def drain(sizes: Sizes) -> list[Row]:
     published: list[bytes] = []
 
     def pgcelery_drain() -> float:
-        reset()
-        insert_many("benchapp_source", sizes.drain)
-        process = bridge()
-        started = time.monotonic()  # from "Bridge started": process start-up not counted
-        done = wait_until(outbox_empty, interval=0.05)
-        process.stop()
+        rate = drain_rate(sizes.drain)
         published[:] = broker_client().lrange(QUEUE, 0, -1)
-        return sizes.drain / (done - started)
+        return rate
 
     def lpush_ceiling() -> float:
         client = broker_client()
@@ -230,6 +234,39 @@ def drain(sizes: Sizes) -> list[Row]:
     return [Row(f"{what}, vs the naive bridge", rate, naive_rate, "/s", "≥ 12×"),
             Row(f"{what}, vs pre-built messages, one LPUSH per {LPUSH_BATCH}", rate,
                 ceiling_rate, "/s", "≥ 0.6×")]
+
+
+def drain_rate(count: int, *options: str, scrape: bool = False, **env: str) -> float:
+    """Notifications per second the bridge publishes from a backlog of ``count`` committed
+    rows (``insert_many``); with ``scrape``, its /metrics read every second meanwhile."""
+    reset()
+    insert_many("benchapp_source", count)
+    process = bridge(*options, **env)
+    started = time.monotonic()  # from "Bridge started": process start-up not counted
+    with scraping(options) if scrape else contextlib.nullcontext():
+        done = wait_until(outbox_empty, interval=0.05)
+    process.stop()
+    return count / (done - started)
+
+
+@contextlib.contextmanager
+def scraping(options: tuple[str, ...]):
+    """Reads the bridge's /metrics every second, as a (busy) Prometheus would."""
+    port = options[options.index("--metrics-port") + 1]
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def broker_client() -> redis.Redis:
@@ -449,6 +486,48 @@ def large_rows(sizes: Sizes) -> Row:
                "(vs no byte budget)", bounded, unbounded, " MB", "bounded", higher_is_better=False)
 
 
+def observability(sizes: Sizes) -> list[Row]:
+    """What metrics and tracing cost: the drain with /metrics served and scraped; the drain of
+    notifications recorded in a span, through a bridge running OpenTelemetry's Celery
+    instrumentation; single-row writes made in a span."""
+    metrics = ("--metrics-port", str(METRICS_PORT))
+    tracer = trace.get_tracer(__name__)
+
+    def traced_drain() -> float:
+        with tracer.start_as_current_span("writer"):
+            return drain_rate(sizes.drain, BENCH_TRACING="1")
+
+    def single(in_span: bool, atomic: bool) -> float:
+        reset()
+        started = time.monotonic()
+        with tracer.start_as_current_span("request") if in_span else contextlib.nullcontext():
+            for n in range(sizes.single_rows):
+                with transaction.atomic() if atomic else contextlib.nullcontext():
+                    Source.objects.create(n=n)
+        return sizes.single_rows / (time.monotonic() - started)
+
+    (with_metrics, without_metrics, traced, untraced, span_atomic, atomic, span_autocommit,
+     autocommit) = median_of_runs(
+        functools.partial(drain_rate, sizes.drain, *metrics, scrape=True),
+        functools.partial(drain_rate, sizes.drain),
+        traced_drain, functools.partial(drain_rate, sizes.drain),
+        functools.partial(single, True, True), functools.partial(single, False, True),
+        functools.partial(single, True, False), functools.partial(single, False, False))
+    reset()
+    drained = f"drain: {sizes.drain:,} notifications published, no worker"
+    writes = f"write cost: {sizes.single_rows:,} single-row ORM inserts"
+    return [
+        Row(f"{drained}, /metrics served and scraped every second vs off", with_metrics,
+            without_metrics, "/s", "≈ 1.0×"),
+        Row(f"{drained}, recorded in a span, bridge traced by OpenTelemetry vs neither",
+            traced, untraced, "/s", "≈ 1.0×"),
+        Row(f"{writes} in transaction.atomic(), in a span vs outside one", span_atomic, atomic,
+            "/s", "measured"),
+        Row(f"{writes} in autocommit, in a span vs outside one", span_autocommit, autocommit,
+            "/s", "measured"),
+    ]
+
+
 MEASURES = {
     "drain": drain,
     "end-to-end": lambda sizes: [end_to_end(sizes)],
@@ -457,6 +536,7 @@ MEASURES = {
     "write-cost": write_cost,
     "memory": lambda sizes: [memory(sizes), large_rows(sizes)],
     "outcomes": outcomes,
+    "observability": observability,
 }
 
 
