@@ -26,6 +26,11 @@ class UnknownChannel(LookupError):
 class BaseChannel:
     """Common base of :class:`Channel` and :class:`TriggerChannel`."""
 
+    @classmethod
+    def name(cls) -> str:
+        """The dotted path that names the channel (django-pgpubsub's ``Channel.name()``)."""
+        return channel_name(cls)
+
 
 class Channel(BaseChannel):
     """Base of application channels: the dataclass fields are the payload.
@@ -202,12 +207,17 @@ _fields: dict[type[BaseChannel], tuple[Field, ...]] = {}
 
 
 def fields(channel: type[BaseChannel]) -> tuple[Field, ...]:
-    """The payload fields of ``channel`` with their resolved type hints (read once)."""
+    """The payload fields of ``channel`` with their resolved type hints (read once).
+
+    A field whose default is ``None`` takes ``None`` whatever its annotation, as
+    django-pgpubsub lets it (``date: datetime.date = None``).
+    """
     found = _fields.get(channel)
     if found is None:
         hints = typing.get_type_hints(channel)
         found = _fields[channel] = tuple(
-            Field(field.name, hints[field.name], field.default, field.default_factory)
+            Field(field.name, hints[field.name] if field.default is not None
+                  else hints[field.name] | None, field.default, field.default_factory)
             for field in dataclasses.fields(typing.cast(Any, channel))
         )
     return found

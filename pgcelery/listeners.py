@@ -53,9 +53,10 @@ def listener(channel: channels.ChannelRef, **options: Any) -> ListenerDecorator:
 
 def trigger_listener(
     channel: channels.ChannelRef,
+    trigger: pgtrigger.Trigger | None = None,
     *,
-    when: pgtrigger.When,
-    operation: pgtrigger.Operation,
+    when: pgtrigger.When | None = None,
+    operation: pgtrigger.Operation | None = None,
     condition: pgtrigger.Condition | None = None,
     **options: Any,
 ) -> ListenerDecorator:
@@ -63,6 +64,9 @@ def trigger_listener(
 
     Args:
         channel: The trigger channel class or its dotted path.
+        trigger: A pgtrigger ``Trigger`` whose ``when``, ``operation`` and ``condition``
+            are taken, as django-pgpubsub's ``trigger_listener(channel, trigger)`` does;
+            or none, and these three given instead.
         when: ``pgtrigger.Before`` or ``pgtrigger.After``.
         operation: ``pgtrigger.Insert``, ``pgtrigger.Update``, ``pgtrigger.Delete`` or
             a union of them, e.g. ``pgtrigger.Insert | pgtrigger.Update``.
@@ -70,8 +74,19 @@ def trigger_listener(
         **options: As for :func:`listener`.
     """
     resolved = _channel_of_kind(channel, channels.TriggerChannel, "trigger_listener")
-    trigger = triggers.register(resolved, when=when, operation=operation, condition=condition)
-    return _decorator(resolved, trigger, options)
+    if trigger is not None:
+        if not isinstance(trigger, pgtrigger.Trigger):
+            raise TypeError(f"trigger_listener() takes a pgtrigger Trigger, not {trigger!r}.")
+        if (when, operation, condition) != (None, None, None):
+            raise TypeError("trigger_listener() takes a pgtrigger Trigger or when=, operation= "
+                            "and condition=, not both.")
+        when, operation, condition = trigger.when, trigger.operation, trigger.condition
+    if when is None or operation is None:
+        raise TypeError(f"trigger_listener({channels.channel_name(resolved)}) needs when= and "
+                        "operation= (e.g. pgtrigger.After, pgtrigger.Insert), or a pgtrigger "
+                        "Trigger that has them.")
+    name = triggers.register(resolved, when=when, operation=operation, condition=condition)
+    return _decorator(resolved, name, options)
 
 
 def _shorthand(name: str, when: pgtrigger.When,

@@ -99,9 +99,11 @@ def _optional_member(tp: Any) -> Any:
 
 
 def _item_types(container: type, args: tuple, length: int) -> list[Any]:
+    """The declared type of each item. ``Tuple[X]`` holds any number of X, as
+    django-pgpubsub reads it; ``Tuple[X, Y]`` exactly one X then one Y."""
     if not args:
         return [Any] * length
-    if container is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+    if container is tuple and len(args) > 1 and args[1] is not Ellipsis:
         if len(args) != length:
             raise TypeError(f"expected a tuple of {len(args)} items, got {length}")
         return list(args)

@@ -2,7 +2,7 @@ import datetime
 import decimal
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple  # noqa: UP035 - Tuple[X] as pgpubsub users write it
 
 from pgcelery import Channel, TriggerChannel
 from tests.testapp.models import Account, Legacy, Reading, Restaurant, Sample, Sku, Writer
@@ -171,3 +171,14 @@ class FailingTally(Channel):
 @dataclass
 class KeptTally(Channel):
     n: int
+
+
+@dataclass
+class Reads(Channel):
+    """Declared as django-pgpubsub's users declare channels: a field defaulting to None
+    without Optional, and Tuple[X] for any number of X."""
+
+    model_id: int
+    model_type: str
+    date: datetime.date = None  # type: ignore[assignment]
+    tags: Tuple[str] = ()  # noqa: UP006 - the typing form pgpubsub's users write

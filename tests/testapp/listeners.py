@@ -90,7 +90,10 @@ def writer_deleting(old, new):
     record_rows("writer_deleting", old, new)
 
 
-@pgcelery.post_delete_listener("tests.testapp.channels.WriterChannel")
+# django-pgpubsub's form: a pgtrigger Trigger, whose when, operation and condition are taken.
+@pgcelery.trigger_listener("tests.testapp.channels.WriterChannel",
+                           pgtrigger.Trigger(name="writer_deleted", when=pgtrigger.After,
+                                             operation=pgtrigger.Delete))
 def writer_deleted(old, new):
     record_rows("writer_deleted", old, new)
 
