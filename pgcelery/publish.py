@@ -204,7 +204,10 @@ class Publisher:
             options, listener.task_name, (), {}, task)  # type: ignore[arg-type]
         queue = options.get("queue")
         if queue is not None and not queue.no_declare:
-            self._open().maybe_declare(queue)
+            # A broadcast queue is each consumer's own: a queue declared here would keep a
+            # copy of every message, read by nobody. Its exchange is what is published to.
+            fanout = queue.exchange.type == "fanout"
+            self._open().maybe_declare(queue.exchange if fanout else queue)
         route = Route(message_options, options, listener.redelivery_period())
         if queue is not None and self._plain(options, queue):
             route.redis_list = RedisList(

@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+from kombu.common import Broadcast
+
 from proj.settings import *  # noqa: F403
 from proj.settings import DATABASES, INSTALLED_APPS, database_from_url
 
@@ -27,6 +29,9 @@ DATABASES["other"] = {
 }
 # The tests that write to it run their bridge with --database.
 SILENCED_SYSTEM_CHECKS = ["pgcelery.W003"]
+# pgpubsub's broadcast as Celery has it: every worker consuming "tests.broadcast" gets a
+# queue of its own bound to the fanout exchange. The other queues are made as needed.
+CELERY_TASK_QUEUES = [Broadcast("tests.broadcast")]
 # Long enough that tests pass only if LISTEN wake-ups work.
 PGCELERY_SWEEP_INTERVAL = 300.0
 

@@ -157,12 +157,12 @@ def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def start_worker(log_dir: Path, env: dict[str, str] | None = None,
-                 name: str = "worker") -> Process:
+                 name: str = "worker", queues: str = ",".join(QUEUES)) -> Process:
     env = {**(env or subprocess_env()), "PGCELERY_TEST_CRASH_MARKER": str(log_dir / "crashed")}
     worker = Process(
         name,
         [sys.executable, "-m", "celery", "-A", "proj", "worker", "--pool", "prefork",
-         "--concurrency", "2", "--queues", ",".join(QUEUES), "--loglevel", "INFO",
+         "--concurrency", "2", "--queues", queues, "--loglevel", "INFO",
          "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         log_dir,
         env,

@@ -60,6 +60,21 @@ def test_monitoring_shows_the_notification_and_the_start_of_its_payload(bridge):
     ]
 
 
+@pytest.mark.django_db
+def test_a_broadcast_route_declares_its_exchange_and_no_queue_of_the_bridges():
+    """A queue of the bridge's bound to the fanout exchange would keep a copy of every
+    message, read by nobody (on RabbitMQ: a queue never consumed is never auto-deleted)."""
+    listener = registry.find("tests.testapp.channels.Broadcasted", "",
+                             "tests.testapp.listeners.broadcast_received")
+    publisher = Publisher(current_app._get_current_object())
+    route = publisher._route(listener)
+    publisher.close()
+    queue = route.send_options["queue"]
+    assert (queue.exchange.type, route.redis_list) == ("fanout", None)
+    with current_app.connection_for_write() as conn, pytest.raises(conn.channel_errors):
+        conn.default_channel.queue_declare(queue=queue.name, passive=True)
+
+
 def test_a_wake_up_read_during_a_batch_is_not_lost(bridge):
     pgcelery.notify(Message, text="woken")
     # The claim reads the pending wake-up off the socket along with its own result.

@@ -12,7 +12,7 @@ import pgcelery
 from blog.models import Author, Post, PostReadCount
 from pgcelery.models import Notification
 from tests import support
-from tests.testapp.channels import Everything
+from tests.testapp.channels import Broadcasted, Everything
 from tests.testapp.listeners import described, summary
 from tests.testapp.models import Account, Event, Legacy, Restaurant, Sample, Sku, Writer
 
@@ -263,3 +263,20 @@ def test_left_out_columns_are_in_no_outbox_row_or_message():
     assert len(stored) == 2
     assert not any("hidden" in text or "tok-456" in text or "password" in text
                    for text in stored)
+
+
+def test_a_listener_on_a_broadcast_queue_runs_once_in_every_worker_consuming_it(spawn):
+    """django-pgpubsub's behaviour without lock_notifications, as a Celery broadcast queue."""
+    queues = ",".join([*support.QUEUES, "tests.broadcast"])
+    workers = [spawn.worker(name=f"broadcast-{n}", queues=queues) for n in range(2)]
+    with transaction.atomic():
+        for n in range(3):
+            pgcelery.notify(Broadcasted, n=n)
+    runs = wait_for_events("broadcast_received", 6)
+    assert len(runs) == 6
+    by_worker = {}
+    for run in runs:
+        by_worker.setdefault(run.data["worker"], []).append(run.data["n"])
+    assert len(by_worker) == 2
+    assert all(sorted(ns) == [0, 1, 2] for ns in by_worker.values())
+    assert all(worker.stop() == 0 for worker in workers)

@@ -182,3 +182,10 @@ class Reads(Channel):
     model_type: str
     date: datetime.date = None  # type: ignore[assignment]
     tags: Tuple[str] = ()  # noqa: UP006 - the typing form pgpubsub's users write
+
+
+@dataclass
+class Broadcasted(Channel):
+    """Routed to a broadcast queue: every worker consuming it runs each notification."""
+
+    n: int

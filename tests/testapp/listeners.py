@@ -20,6 +20,7 @@ from tests.testapp.channels import (
     AccountChannel,
     AccountNameChannel,
     AtomicTally,
+    Broadcasted,
     Counted,
     Everything,
     FailingTally,
@@ -313,3 +314,8 @@ def failing_tallies(notifications):
 @pgcelery.listener(KeptTally, batch=20, redeliver_after=3)
 def kept_tallies(notifications):
     record("kept_tallies", ns=[item.n for item in notifications])
+
+
+@pgcelery.listener(Broadcasted, queue="tests.broadcast")
+def broadcast_received(n: int):
+    record("broadcast_received", n=n, worker=current_task.request.hostname)
