@@ -1,6 +1,7 @@
 """pgcelery: PostgreSQL notifications as Celery tasks for Django projects."""
 
 from pgcelery.channels import BaseChannel, Channel, TriggerChannel, UnknownChannel
+from pgcelery.filters import ListenerFilterProvider
 from pgcelery.listeners import (
     listener,
     post_delete_listener,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BaseChannel",
     "Channel",
+    "ListenerFilterProvider",
     "TriggerChannel",
     "UnknownChannel",
     "listener",

@@ -15,7 +15,10 @@ from celery import Celery
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.db.models import Q
 from django.utils.module_loading import import_string
+
+from pgcelery import filters
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -185,6 +188,11 @@ def metrics_address() -> str:
     return value
 
 
+def notification_filter() -> Q | None:
+    """The notifications this bridge claims, by their context (``filters``); None: all."""
+    return filters.from_setting(_setting(filters.SETTING, None))
+
+
 #: How long a finished delivery of a ``redeliver_after`` listener is remembered, so that a
 #: copy of its message still in a queue is skipped.
 FINISHED_DELIVERY_RETENTION = datetime.timedelta(hours=1)
@@ -209,3 +217,4 @@ def check() -> None:
     context_max_bytes()
     metrics_port()
     metrics_address()
+    notification_filter()

@@ -22,7 +22,7 @@ from typing import Any
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from pgcelery import conf, messages, sql
+from pgcelery import conf, filters, messages, sql
 from pgcelery.registry import Listener
 from pgcelery.watchdog import Watchdog
 
@@ -89,9 +89,10 @@ class Connector(abc.ABC):
         #: to go with its COMMIT.
         self._begun = False
         self._deferred: list[str] | None = None
-        self._claim = sql.CLAIM
         self.watchdog: Watchdog | None = None
         self.timeout = conf.database_timeout()
+        self.notification_filter = conf.notification_filter()
+        self._claim = sql.claim("true")
 
     @property
     def connected(self) -> bool:
@@ -117,17 +118,26 @@ class Connector(abc.ABC):
         self._check_privileges()
         self._receive_wakeups()
         self.listening = self._wakeups_arrive(params)
-        self._claim = sql.CLAIM
+        where = self._where()
+        self._claim = sql.claim(where)
         if not self.listening:
             return
         name = f"pgcelery_claim_{secrets.token_hex(8)}"
         with self.transaction():
-            self._run(sql.prepare_claim(name))
+            self._run(sql.prepare_claim(name, where))
             for pg_channel in pg_channels:
                 self._run(sql.listen(pg_channel))
         # LISTEN takes effect at commit: committed before the first claim, so no
         # notification committed after that claim can go unnoticed.
         self._claim = sql.execute_claim(name)
+
+    def _where(self) -> str:
+        """``PGCELERY_NOTIFICATION_FILTER`` as SQL with its values written in, or ``true``."""
+        if self.notification_filter is None:
+            return "true"
+        condition, params = filters.condition(self.notification_filter, self.alias)
+        with self._connection.cursor() as cursor:
+            return self._mogrify(cursor, condition, params)
 
     def _check_privileges(self) -> None:
         """Raises MissingPrivileges naming what the role lacks, before anything is claimed:

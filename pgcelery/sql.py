@@ -124,6 +124,7 @@ WITH unsynced AS MATERIALIZED (
     WHERE failed_at IS NULL AND ({{channels}}::text[] IS NULL OR channel = ANY({{channels}}))
       AND (channel || '|' || trigger = ANY({{known}}::text[])
            OR created_at < now() - {{grace}}::interval)
+      AND ({{where}})
     ORDER BY id
     LIMIT {{limit}}
     FOR UPDATE SKIP LOCKED
@@ -157,18 +158,22 @@ ORDER BY o.id, n.n
 _ARGUMENTS = "(%(limit)s, %(channels)s, %(known)s, %(grace)s, %(budget)s)"
 
 
-def prepare_claim(name: str) -> str:
+def prepare_claim(name: str, where: str) -> str:
+    """Prepares the claim of rows that also meet ``where`` (SQL, values written in)."""
     return (f"PREPARE {identifier(name)} (integer, text[], text[], interval, bigint) AS "
-            + _CLAIM.format(limit="$1", channels="$2", known="$3", grace="$4", budget="$5"))
+            + _CLAIM.format(limit="$1", channels="$2", known="$3", grace="$4", budget="$5",
+                            where=where))
 
 
 def execute_claim(name: str) -> str:
     return f"EXECUTE {identifier(name)} {_ARGUMENTS}"
 
 
-#: The claim run as it is, where a pooler may give each transaction another session.
-CLAIM = _CLAIM.format(limit="%(limit)s", channels="%(channels)s", known="%(known)s",
-                      grace="%(grace)s", budget="%(budget)s")
+def claim(where: str) -> str:
+    """The claim run as it is, where a pooler may give each transaction another session."""
+    return _CLAIM.format(limit="%(limit)s", channels="%(channels)s", known="%(known)s",
+                         grace="%(grace)s", budget="%(budget)s",
+                         where=where.replace("%", "%%"))
 
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"
