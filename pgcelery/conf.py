@@ -90,6 +90,11 @@ def databases() -> list[str]:
     return database_aliases("PGCELERY_DATABASES", value)
 
 
+def command_database(option: str | None) -> str:
+    """The database a command works on: its ``--database``, or the first the bridge drains."""
+    return database_alias("--database", option) if option else databases()[0]
+
+
 def celery_app() -> Celery | None:
     """The Celery app named by ``PGCELERY_CELERY_APP`` (``None``: the current app)."""
     path = _setting("PGCELERY_CELERY_APP", None)

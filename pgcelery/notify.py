@@ -29,7 +29,7 @@ def notify(channel: channels.ChannelRef, *, using: str | None = None, **kwargs: 
             "Declare a Channel to notify explicitly."
         )
     payload = payloads.dump(payloads.encode_fields(resolved, kwargs))
-    arguments = [name, channels.pg_channel(name), payload]
+    arguments = [name, channels.pg_channel(name), "", payload]
     trace = tracing.encoded_trace()
     with connections[using or DEFAULT_DB_ALIAS].cursor() as cursor:
         if trace is None:

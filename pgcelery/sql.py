@@ -53,7 +53,9 @@ _CHUNK_ROW = (
     "'new', CASE WHEN o.side = 'new' THEN {row} END)"
 )
 
-NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb)"
+#: Records a notification: (channel, pg channel, trigger, payload); the trigger is empty
+#: for ``notify()``.
+NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, %s, %s::jsonb)"
 
 #: Adds keys (a JSON object) to the transaction's notification context: the trace of the
 #: span the writes are made in.
@@ -63,7 +65,7 @@ ADD_TO_CONTEXT = ("SELECT set_config('pgcelery.context', (coalesce(NULLIF(curren
 #: :data:`NOTIFY` with the trace added to the context first, in one statement: outside
 #: ``transaction.atomic()`` the statement is the transaction.
 NOTIFY_TRACED = (f"WITH traced AS MATERIALIZED ({ADD_TO_CONTEXT}) "
-                 f"SELECT {NOTIFY_FUNCTION}(%s, %s, '', %s::jsonb) FROM traced")
+                 f"SELECT {NOTIFY_FUNCTION}(%s, %s, %s, %s::jsonb) FROM traced")
 
 #: What the task ids of outbox row ``o``'s notifications derive from: its uuid, or, where
 #: the trigger spared the writer generating one, its id and the time it was recorded.

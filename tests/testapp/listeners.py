@@ -35,6 +35,7 @@ from tests.testapp.channels import (
     Outcome,
     Ping,
     ReadingChannel,
+    Reads,
     Rejected,
     RestaurantChannel,
     Routed,
@@ -319,3 +320,8 @@ def kept_tallies(notifications):
 @pgcelery.listener(Broadcasted, queue="tests.broadcast")
 def broadcast_received(n: int):
     record("broadcast_received", n=n, worker=current_task.request.hostname)
+
+
+@pgcelery.listener(Reads)
+def reads_counted(model_id: int, model_type: str, date, tags, context):
+    record("reads_counted", model_id=model_id, date=str(date), tags=list(tags), context=context)

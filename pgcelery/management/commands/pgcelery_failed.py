@@ -20,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, action: str, channel, ids, database, **options) -> None:
         try:
-            alias = conf.database_alias("--database", database) if database else conf.databases()[0]
+            alias = conf.command_database(database)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         queryset = failures.failed(alias, channel=channel, ids=ids)
