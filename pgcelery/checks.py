@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import re
+import sys
+import types
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +15,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, models, router
+from django.db import connections, models, router, transaction
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from pgtrigger import compiler, features
@@ -210,3 +213,30 @@ def check_databases_drained(app_configs: Any = None,
     ) for alias in settings.DATABASES
         if alias not in drained and connections[alias].vendor == "postgresql"
         and router.allow_migrate_model(alias, Notification)]
+
+
+@checks.register()
+def check_atomic_above_listeners(app_configs: Any = None,
+                                 **kwargs: Any) -> list[checks.CheckMessage]:
+    """``@transaction.atomic`` written above a listener decorator, as django-pgpubsub's
+    users write it, wraps the module's name for the task, not what the worker runs."""
+    warnings: list[checks.CheckMessage] = []
+    for listener in registry.registered_listeners():
+        module_name, _, attribute = listener.task_name.rpartition(".")
+        found = getattr(sys.modules.get(module_name), attribute, None)
+        if _wrapped_in_atomic(found):
+            warnings.append(checks.Warning(
+                f"{listener.task_name} is wrapped in transaction.atomic above its listener "
+                "decorator: the worker runs the task, without the transaction.",
+                hint="Remove @transaction.atomic and pass atomic=True to the listener "
+                     "decorator: the listener then runs in a transaction, its effects once.",
+                obj=listener.task_name,
+                id="pgcelery.W005",
+            ))
+    return warnings
+
+
+def _wrapped_in_atomic(found: object) -> bool:
+    if not isinstance(found, types.FunctionType) or not hasattr(found, "__wrapped__"):
+        return False
+    return isinstance(inspect.getclosurevars(found).nonlocals.get("self"), transaction.Atomic)

@@ -12,6 +12,7 @@ from django.test import override_settings
 from pgtrigger import registered
 
 from pgcelery.checks import (
+    check_atomic_above_listeners,
     check_celery_app,
     check_databases_drained,
     check_settings,
@@ -123,3 +124,12 @@ def test_the_bridge_names_listener_triggers_missing_from_the_database(spawn):
         f"ERROR/pgcelery_bridge] Database 'default': the trigger {trigger_name!r} of a "
         "listener on testapp.Writer is not installed, so the writes it watches are not "
         "recorded. Run `python manage.py makemigrations testapp`, then `migrate`.")
+
+
+def test_transaction_atomic_above_a_listener_decorator_is_a_warning():
+    assert check_atomic_above_listeners() == []
+    import tests.atomic_above  # noqa: F401 - registers its listeners
+
+    [warning] = check_atomic_above_listeners()
+    assert (warning.id, warning.obj) == ("pgcelery.W005", "tests.atomic_above.wrapped_listener")
+    assert "pass atomic=True to the listener decorator" in warning.hint
