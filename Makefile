@@ -7,11 +7,12 @@
 # make bench / make bench-quick - the benchmark (full, or smaller sizes)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
 # make soak      - writers at a steady rate for 10 minutes (SOAK_ARGS="--minutes 30 --rate 200")
+# make docs      - the documentation site, built strict (a broken link or reference fails), in site/
 PYTHON ?= python3
 PYTHON_OLDEST ?= python3.10
 VENV ?= .venv
 CONSTRAINTS ?=
-EXTRAS ?= test,embedded,psycopg,lint
+EXTRAS ?= test,embedded,psycopg,lint,docs
 RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 BIN := $(VENV)/bin
 SERVICES := $(BIN)/python scripts/with_services.py
@@ -19,7 +20,7 @@ SERVICES := $(BIN)/python scripts/with_services.py
 #: The tests that talk to the broker or run the real commands: each driver and broker runs them.
 BROKER_TESTS := tests/test_bridge.py tests/test_databases.py tests/test_e2e.py
 
-.PHONY: install demo test test-suite test-fast test-psycopg test-rabbitmq test-oldest lint bench bench-quick soak clean
+.PHONY: install demo test test-suite test-fast test-psycopg test-rabbitmq test-oldest lint docs bench bench-quick soak clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	PYTHONPATH=.:example_project $(BIN)/mypy
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 test: lint test-suite
 
