@@ -35,8 +35,6 @@ BROKER_TIMEOUTS: dict[str, dict[str, float]] = {
 }
 #: Broker operations buffered before a batch is sent early.
 BATCH_OPERATIONS = 5000
-#: Characters of a notification's payload that monitoring shows.
-PREVIEW = 200
 #: Options (the listener's, or its task's own) that belong in the message itself rather
 #: than in its routing.
 _MESSAGE_OPTIONS = ("countdown", "expires", "time_limit", "soft_time_limit")
@@ -108,18 +106,18 @@ class Publisher:
         listener, row = delivery.listener, delivery.row
         with self._broker_errors(refusals=True):
             route = self._route(listener)
-            what = (f"notification {row.id} on {row.channel}: {_preview(row.payload)}"
-                    if listener.batch is None
-                    else f"{len(delivery.rows)} notification(s) from {row.id} on {row.channel}")
+            what = (f"notification {row.id}" if listener.batch is None
+                    else f"{len(delivery.rows)} notification(s) from {row.id}")
             message = celery_internals.create_message(
                 self.app,
                 delivery.task_id,
                 listener.task_name,
                 {messages.ENVELOPE: delivery.envelope(database, route.redeliver_after)},
-                # What monitoring (Flower, celery events) shows of the arguments; also spares
-                # a repr of the whole payload.
+                # What monitoring (Flower, celery events) shows of the arguments: which
+                # notification, not its data, which is no monitoring system's business and
+                # would travel outside a signed message's body. Also spares a repr of it.
                 argsrepr="()",
-                kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what}>}}",
+                kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what} on {row.channel}>}}",
                 **route.message_options,
             )
             trace = _trace(delivery)
@@ -291,8 +289,3 @@ def _trace(delivery: messages.Delivery) -> dict[str, str] | None:
         if found is not None:
             return found
     return None
-
-
-def _preview(payload: str) -> str:
-    """The start of a stored payload, as monitoring shows it."""
-    return payload if len(payload) <= PREVIEW else payload[:PREVIEW] + "…"

@@ -94,6 +94,7 @@ def test_the_listener_never_sees_the_trace():
     assert arguments["context"] == {"user": 7}
 
 
+@pytest.mark.integration
 def test_the_bridge_skips_opentelemetrys_publish_receivers_not_others():
     """Celery's instrumentation connects receivers to every publish signal; the messages
     carry the writer's trace without them, and the Redis fast path stays on."""
@@ -171,6 +172,7 @@ def test_one_trace_from_the_request_to_the_listeners(spawn, tmp_path):
         assert span["parent_id"] == f"0x{request.span_id:016x}"
 
 
+@pytest.mark.e2e
 def test_nothing_is_installed_without_opentelemetry():
     script = (
         "import sys\n"
