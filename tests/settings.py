@@ -20,7 +20,7 @@ if _driver not in _DRIVERS:
     raise RuntimeError(f"PGCELERY_TEST_DRIVER must be one of {sorted(_DRIVERS)}, not {_driver!r}.")
 sys.modules[_DRIVERS[_driver]] = None  # type: ignore[assignment]  # importing it now fails
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp", "tests.pgpubsub_port"]
 # A second database, for one bridge draining several.
 DATABASES["other"] = {
     **DATABASES["default"],

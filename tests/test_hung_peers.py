@@ -59,7 +59,8 @@ def execute(url, query, params=(), autocommit=False):
 
 def notify_messages(url, count):
     for n in range(count):
-        execute(url, sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), f'{{"text": "{n}"}}'])
+        execute(url, sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), "",
+                           f'{{"text": "{n}"}}'])
 
 
 def pending(url):

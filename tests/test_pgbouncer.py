@@ -160,7 +160,7 @@ def test_writers_through_any_pooling_mode_are_delivered(spawn):
             writer.autocommit = mode == "statement"  # statement pooling allows no transactions
             with writer.cursor() as cursor:
                 for n in range(5):
-                    cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE),
+                    cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), "",
                                                 f'{{"text": "{mode} {n}"}}'])
             if not writer.autocommit:
                 writer.commit()

@@ -61,7 +61,7 @@ def test_the_app_role_writes_only_through_pgcelerys_functions(roles):
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL ROLE {roles['app']}")
         cursor.execute("INSERT INTO testapp_writer (name, email) VALUES ('role', '')")
-        cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), '{"text": "role"}'])
+        cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), "", '{"text": "role"}'])
         cursor.execute("SELECT pgcelery_record_task_v1('a task id')")
         assert cursor.fetchone() == (True,)
     with transaction.atomic(), connection.cursor() as cursor:
@@ -81,7 +81,7 @@ def test_a_bridge_role_drains_for_listeners_run_as_the_app_role(roles, spawn):
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"SET LOCAL ROLE {roles['app']}")
         for n in range(5):
-            cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE),
+            cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), "",
                                         f'{{"text": "role {n}"}}'])
     support.wait_until(lambda: Event.objects.filter(listener="message_received").count() >= 5,
                        what="the listeners, run as the app role")
