@@ -1,4 +1,4 @@
-"""The three roles of the README's Privileges section, as real non-superuser roles.
+"""The three roles of the documentation's Privileges section (docs/how-to/production.md), as real non-superuser roles.
 
 The app role writes and runs the listeners with no privilege on pgcelery's tables; the
 bridge role drains the outbox with its few grants; the migrations owner (the test's own,
@@ -23,7 +23,7 @@ APP_GRANTS = """
 GRANT SELECT, INSERT, UPDATE, DELETE ON testapp_writer, testapp_event TO {role};
 GRANT USAGE ON SEQUENCE testapp_writer_id_seq, testapp_event_id_seq TO {role};
 """
-#: The bridge role's grants, as the README lists them.
+#: The bridge role's grants, as the documentation lists them.
 BRIDGE_GRANTS = """
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgcelery_notification, pgcelery_delivery TO {role};
 GRANT USAGE ON SEQUENCE pgcelery_notification_id_seq TO {role};
