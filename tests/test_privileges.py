@@ -1,4 +1,5 @@
-"""The three roles of the documentation's Privileges section (docs/how-to/production.md), as real non-superuser roles.
+"""The three roles of the Privileges section (docs/how-to/production.md), as real
+non-superuser roles.
 
 The app role writes and runs the listeners with no privilege on pgcelery's tables; the
 bridge role drains the outbox with its few grants; the migrations owner (the test's own,
