@@ -42,8 +42,6 @@ Wakeup = tuple[str, str]
 Failure = tuple[int, int, str]
 #: A delivery of a ``redeliver_after`` listener, and its period in seconds.
 Remembered = tuple[messages.Delivery, float]
-#: A redelivery keeps its task id: the seed of new ones is not used.
-_NO_SEED = uuid.UUID(int=0)
 
 
 class MissingPrivileges(Exception):
@@ -305,11 +303,7 @@ class Connector(abc.ABC):
         columns: list[list[Any]] = [[] for _ in range(9)]
         for delivery, seconds in deliveries:
             row = delivery.row
-            stored: tuple[str, str | None, str | None]
-            if delivery.listener.batch is None:
-                stored = (row.payload, row.context, None)
-            else:
-                stored = (messages.stored_batch(delivery.rows), None, "batch")
+            stored = messages.stored(delivery.rows, delivery.listener.batch is not None)
             for column, value in zip(columns, (delivery.task_id, delivery.listener.task_name,
                                                row.id, row.channel, row.trigger, *stored,
                                                seconds), strict=True):
@@ -330,7 +324,7 @@ class Connector(abc.ABC):
         for (task_id, listener, notification, channel, trigger, payload, context, position,
              seed) in self._run(sql.DUE_DELIVERIES, [names, names, limit]):
             due.setdefault(task_id, []).append(messages.Row(
-                notification, position, uuid.UUID(seed) if seed else _NO_SEED, channel,
+                notification, position, uuid.UUID(seed) if seed else messages.NO_SEED, channel,
                 trigger, payload, context, listener, task_id))
         return list(due.values())
 

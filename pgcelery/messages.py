@@ -109,6 +109,11 @@ def _uuid5(data: bytes) -> str:
     return f"{hexa[:8]}-{hexa[8:12]}-{hexa[12:16]}-{hexa[16:20]}-{hexa[20:]}"
 
 
+#: The seed of a notification whose task id is kept (a redelivery, an opened envelope):
+#: the seed of new task ids is not used.
+NO_SEED = uuid.UUID(int=0)
+
+
 def batch_rows(envelope: dict[str, Any]) -> list[Row]:
     """The notifications of a batch's envelope, as the bridge claimed them."""
     return [Row(row_id, position, uuid.UUID(seed), envelope["channel"], envelope["trigger"],
@@ -116,9 +121,25 @@ def batch_rows(envelope: dict[str, Any]) -> list[Row]:
             for row_id, seed, position, payload, context in envelope["batch"]]
 
 
-def stored_batch(rows: Sequence[Row]) -> str:
-    """A batch as stored for a failed or a remembered delivery: the JSON list of its
-    notifications, each with what its task id derives from, its payload and context."""
+def stored(rows: Sequence[Row], batch: bool) -> tuple[str, str | None, str | None]:
+    """How a failed or a remembered delivery keeps its notifications: (payload, context,
+    side). One notification as it was recorded; a batch as the JSON list of its
+    notifications, each with what its task id derives from, its payload and context, on the
+    side 'batch'."""
+    if not batch:
+        return rows[0].payload, rows[0].context, None
+    return _stored_batch(rows), None, "batch"
+
+
+def envelope_rows(envelope: dict[str, Any]) -> list[Row]:
+    """The notifications a task's envelope carries: one, or a batch's."""
+    if "batch" in envelope:
+        return batch_rows(envelope)
+    return [Row(envelope["id"], 0, NO_SEED, envelope["channel"], envelope["trigger"],
+                envelope["payload"], envelope["context"])]
+
+
+def _stored_batch(rows: Sequence[Row]) -> str:
     return "[" + ", ".join(
         f'{{"id": {row.id}, "uuid": "{row.uuid}", "position": {row.position}, '
         f'"payload": {row.payload}, "context": {row.context or "null"}}}'

@@ -211,16 +211,13 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
     attempts = (request.retries if request.id == task_id else 0) + 1
     reason = f"{type(exception).__name__}: {exception}"
     database = envelope["database"]
-    if "batch" in envelope:
-        rows = messages.batch_rows(envelope)
-        what = f"a batch of {len(rows)} notification(s) from {rows[0].id}"
-        stored = [messages.stored_batch(rows), None, reason, sender.name, task_id, attempts,
-                  len(rows), "batch"]
-    else:
-        what = f"notification {envelope['id']}"
-        stored = [envelope["payload"], envelope["context"], reason, sender.name, task_id,
-                  attempts, 1, None]
-    values = [envelope["channel"], envelope["trigger"], *stored]
+    batch = "batch" in envelope
+    rows = messages.envelope_rows(envelope)
+    what = (f"a batch of {len(rows)} notification(s) from {rows[0].id}" if batch
+            else f"notification {rows[0].id}")
+    payload, context, side = messages.stored(rows, batch)
+    values = [envelope["channel"], envelope["trigger"], payload, context, reason, sender.name,
+              task_id, attempts, len(rows), side]
     try:
         connection = connections[database]
         connection.close_if_unusable_or_obsolete()  # the failure may have broken it
