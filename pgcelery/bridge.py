@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import time
+import typing
 from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -461,8 +462,8 @@ class Bridge:
                     batches.setdefault((listener, kept), []).append(row)
         failed_rows = {row_id for row_id, _, _ in failed}
         for (listener, kept), batch in batches.items():
-            if kept is None:
-                size = listener.batch or len(batch)
+            if kept is None:  # only listeners with ``batch`` are grouped
+                size = typing.cast(int, listener.batch)
                 deliveries.extend(messages.Delivery.of(listener, batch[start:start + size])
                                   for start in range(0, len(batch), size))
             elif kept not in failed_rows:  # else the whole batch stays failed, as it was

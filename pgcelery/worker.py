@@ -8,6 +8,7 @@ failed delivery in the notification's database.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import inspect
@@ -48,12 +49,14 @@ def adopt(target: Task | Proxy) -> Task:
             found = registry.find(envelope["channel"], envelope["trigger"], task.name)
             atomic = found is not None and found.atomic
             database = envelope["database"]
-            call = _listener_call(task, original, accepts, args, envelope, atomic)
+            call = _listener_call(original, accepts, args, envelope)
         task_id = task.request.id
         # A direct call (``task(...)``) has no task id to be run once or finished under.
         if task_id is None:
             return call()
-        if atomic and (envelope is None or "batch" not in envelope):
+        if atomic and isinstance(call, _Batch):
+            call = functools.partial(_run_batch_once, task, envelope, call)
+        elif atomic:
             call = functools.partial(_run_once, task, database, call)
         if envelope is not None and envelope.get("redeliver_after") is not None:
             call = functools.partial(_run_delivery, task.name, task_id, database, call)
@@ -68,23 +71,29 @@ def adopt(target: Task | Proxy) -> Task:
     return task
 
 
-def _listener_call(task: Task, original: Callable[..., Any], accepts: frozenset[str] | None,
-                   args: tuple[Any, ...], envelope: dict[str, Any],
-                   atomic: bool) -> Callable[[], Any]:
+@dataclasses.dataclass
+class _Batch:
+    """A batch listener's run of a batch: of all its notifications, or of some of them."""
+
+    listener: Callable[..., Any]
+    args: tuple[Any, ...]
+    channel: str
+    rows: list[messages.Row]
+
+    def __call__(self, rows: list[messages.Row] | None = None) -> Any:
+        notifications = messages.notifications(self.channel, self.rows if rows is None else rows)
+        return self.listener(*self.args, notifications=notifications)
+
+
+def _listener_call(original: Callable[..., Any], accepts: frozenset[str] | None,
+                   args: tuple[Any, ...], envelope: dict[str, Any]) -> Callable[[], Any]:
     """The listener's run of the envelope's notification, or batch, with decoded arguments."""
-    if "batch" not in envelope:
-        kwargs = messages.arguments(envelope)
-        if accepts is not None:
-            kwargs = {key: value for key, value in kwargs.items() if key in accepts}
-        return functools.partial(original, *args, **kwargs)
-
-    def run_batch(rows: list[messages.Row]) -> Any:
-        return original(*args, notifications=messages.notifications(envelope["channel"], rows))
-
-    rows = messages.batch_rows(envelope)
-    if atomic and task.request.id is not None:
-        return functools.partial(_run_batch_once, task, envelope, rows, run_batch)
-    return functools.partial(run_batch, rows)
+    if "batch" in envelope:
+        return _Batch(original, args, envelope["channel"], messages.batch_rows(envelope))
+    kwargs = messages.arguments(envelope)
+    if accepts is not None:
+        kwargs = {key: value for key, value in kwargs.items() if key in accepts}
+    return functools.partial(original, *args, **kwargs)
 
 
 def accepts_argument(function: Callable[..., Any], name: str) -> bool:
@@ -117,8 +126,7 @@ def _run_once(task: Task, database: str, call: Callable[[], Any]) -> Any:
     raise Ignore()
 
 
-def _run_batch_once(task: Task, envelope: dict[str, Any], rows: list[messages.Row],
-                    run_batch: Callable[[list[messages.Row]], Any]) -> Any:
+def _run_batch_once(task: Task, envelope: dict[str, Any], batch: _Batch) -> Any:
     """Runs an ``atomic=True`` batch in one transaction with a record of each notification's
     task id, on the notifications not recorded yet.
 
@@ -126,13 +134,13 @@ def _run_batch_once(task: Task, envelope: dict[str, Any], rows: list[messages.Ro
     bridge that crashed, then claimed newer ones with them) runs only the new ones.
     """
     database = envelope["database"]
-    keys = [messages.task_id(row, task.name, envelope["trigger"]) for row in rows]
+    keys = [messages.task_id(row, task.name, envelope["trigger"]) for row in batch.rows]
     with transaction.atomic(using=database):
         with connections[database].cursor() as cursor:
             cursor.execute(sql.RECORD_TASKS, [keys])
             new = {key for (key,) in cursor.fetchall()}
         if new:
-            return run_batch([row for row, key in zip(rows, keys, strict=True) if key in new])
+            return batch([row for row, key in zip(batch.rows, keys, strict=True) if key in new])
     logger.info("Task %s[%s] already ran; skipping the repeat.", task.name, task.request.id)
     raise Ignore()
 
