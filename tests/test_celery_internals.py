@@ -98,3 +98,24 @@ def test_the_django_fixup_reads_db_reuse_max_from_the_apps_configuration(app):
     assert DjangoWorkerFixup(app).db_reuse_max == 7
     # The test project's, set as CELERY_DB_REUSE_MAX in its Django settings.
     assert celery_internals.db_reuse_max(current_app) == 1000
+
+
+def test_signal_receivers_are_the_live_ones_connected():
+    from celery.signals import before_task_publish
+
+    def kept(**_):
+        pass
+
+    def dropped(**_):
+        pass
+
+    before_task_publish.connect(kept, weak=False)
+    before_task_publish.connect(dropped)  # weakly: gone with the function
+    try:
+        assert kept in celery_internals.signal_receivers(before_task_publish)
+        assert dropped in celery_internals.signal_receivers(before_task_publish)
+        del dropped
+        assert all(receiver.__name__ != "dropped"
+                   for receiver in celery_internals.signal_receivers(before_task_publish))
+    finally:
+        before_task_publish.disconnect(kept)
