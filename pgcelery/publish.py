@@ -37,7 +37,7 @@ BROKER_TIMEOUTS: dict[str, dict[str, float]] = {
 BATCH_OPERATIONS = 5000
 #: Options (the listener's, or its task's own) that belong in the message itself rather
 #: than in its routing.
-_MESSAGE_OPTIONS = ("countdown", "expires", "time_limit", "soft_time_limit")
+_MESSAGE_OPTIONS = ("countdown", "expires", "time_limit", "soft_time_limit", "ignore_result")
 #: Receivers of these run for each message Celery sends; messages for them go through it.
 _PUBLISH_SIGNALS = ("before_task_publish", "after_task_publish", "task_sent")
 #: The routing options of a route whose messages can go straight to a Redis list.
