@@ -64,18 +64,28 @@ class RedisList:
     queue: str
     serializer: str
     delivery_mode: Any
+    #: The route's messages, to be filled in, unless they cannot be (see ``Template.of``).
+    template: redis_lists.Template | None
 
 
 @dataclasses.dataclass
 class Route:
     """Where and how one listener's tasks are sent, as ``send_task`` would work it out."""
 
+    app: Celery
+    task_name: str
     message_options: dict[str, Any]
     send_options: dict[str, Any]
     #: The listener's ``redeliver_after``, resolved.
     redeliver_after: float | None = None
     #: Set when the route allows writing the messages straight to the queue's Redis list.
     redis_list: RedisList | None = None
+
+    def message(self, task_id: str, kwargsrepr: str, kwargs: dict[str, Any]) -> Any:
+        """The task message of one run, as ``send_task`` builds it."""
+        return celery_internals.create_message(self.app, task_id, self.task_name, kwargs,
+                                               argsrepr="()", kwargsrepr=kwargsrepr,
+                                               **self.message_options)
 
 
 class Publisher:
@@ -108,24 +118,25 @@ class Publisher:
             route = self._route(listener)
             what = (f"notification {row.id}" if listener.batch is None
                     else f"{len(delivery.rows)} notification(s) from {row.id}")
-            message = celery_internals.create_message(
-                self.app,
-                delivery.task_id,
-                listener.task_name,
-                {messages.ENVELOPE: delivery.envelope(database, route.redeliver_after)},
-                # What monitoring (Flower, celery events) shows of the arguments: which
-                # notification, not its data, which is no monitoring system's business and
-                # would travel outside a signed message's body. Also spares a repr of it.
-                argsrepr="()",
-                kwargsrepr=f"{{{messages.ENVELOPE!r}: <{what} on {row.channel}>}}",
-                **route.message_options,
-            )
+            # What monitoring (Flower, celery events) shows of the arguments: which
+            # notification, not its data, which is no monitoring system's business and
+            # would travel outside a signed message's body. Also spares a repr of it.
+            kwargsrepr = f"{{{messages.ENVELOPE!r}: <{what} on {row.channel}>}}"
+            envelope = delivery.envelope(database, route.redeliver_after)
             trace = _trace(delivery)
+            target, lists = route.redis_list, self._lists
+            if target is not None and lists is not None and target.template is not None \
+                    and trace is None:
+                lists.add(target.queue, target.template.render(
+                    delivery.task_id, kwargsrepr, envelope, lists.tag()))
+                return
+            message = route.message(delivery.task_id, kwargsrepr, {messages.ENVELOPE: envelope})
             if trace is not None:
                 message.headers.update(trace)
-            target = route.redis_list
-            if target is not None and self._lists is not None:
-                self._lists.add(target.queue, message, target.serializer, target.delivery_mode)
+            if target is not None and lists is not None:
+                lists.add(target.queue, celery_internals.redis_wire_message(
+                    lists.channel, message, target.queue, target.serializer,
+                    target.delivery_mode, lists.tag()))
             else:
                 with tracing.parent(trace):
                     celery_internals.send_message(self.app, self._open(), listener.task_name,
@@ -206,14 +217,16 @@ class Publisher:
             # copy of every message, read by nobody. Its exchange is what is published to.
             fanout = queue.exchange.type == "fanout"
             self._open().maybe_declare(queue.exchange if fanout else queue)
-        route = Route(message_options, options, listener.redelivery_period())
+        route = Route(self.app, listener.task_name, message_options, options,
+                      listener.redelivery_period())
         if queue is not None and self._plain(options, queue):
-            route.redis_list = RedisList(
-                queue.name,
-                options.get("serializer") or self.app.conf.task_serializer,
-                options.get("delivery_mode") or queue.exchange.delivery_mode
-                or self.app.conf.task_default_delivery_mode,
-            )
+            serializer = options.get("serializer") or self.app.conf.task_serializer
+            delivery_mode = (options.get("delivery_mode") or queue.exchange.delivery_mode
+                             or self.app.conf.task_default_delivery_mode)
+            template = redis_lists.Template.of(self._open().channel, route.message,
+                                               messages.ENVELOPE, queue.name, serializer,
+                                               delivery_mode)
+            route.redis_list = RedisList(queue.name, serializer, delivery_mode, template)
         return route
 
     def _plain(self, options: dict[str, Any], queue: Queue) -> bool:

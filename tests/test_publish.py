@@ -78,20 +78,72 @@ def without_delivery_tag(document: dict) -> dict:
     return {**document, "properties": properties}
 
 
-def test_redis_lists_get_exactly_what_kombu_would_write():
-    rows = [row(n) for n in (1, 2, 3)]
-    publish(MESSAGE, rows)
-    direct = raw_messages("celery")
+def template_of(listener: Listener) -> redis_lists.Template | None:
+    publisher = Publisher(current_app._get_current_object())
+    try:
+        return publisher._route(listener).redis_list.template
+    finally:
+        publisher.close()
+
+
+def unusual_row(n: int) -> messages.Row:
+    """A notification whose payload and context hold what JSON and ``str.format`` escape."""
+    text = f'm{n} \u00e9\u4e2d "quoted" {{body}} {{0}} }}{{ \\ \n'
+    return messages.Row(n, n, uuid.uuid4(), MESSAGE.channel, "", json.dumps({"text": text}),
+                        json.dumps({"tenant": text}))
+
+
+@pytest.mark.parametrize("listener", [
+    MESSAGE,
+    Listener("tests.test_publish.limited", MESSAGE.channel, "", {"queue": "stats"}),
+    Listener(MESSAGE.task_name, MESSAGE.channel, "", redeliver_after=30.5),
+], ids=["plain", "task-options", "redeliver-after"])
+def test_redis_lists_get_exactly_what_kombu_would_write(listener):
+    rows = [row(1), unusual_row(2), unusual_row(3)]
+    queue = listener.options.get("queue", "celery")
+    publish(listener, rows)
+    direct = raw_messages(queue)
     support.purge_queues()
     with publish_receiver() as seen:
-        publish(MESSAGE, rows)
+        publish(listener, rows)
     assert seen == ["task-1", "task-2", "task-3"]
-    through_kombu = raw_messages("celery")
+    through_kombu = raw_messages(queue)
     assert [without_delivery_tag(d) for d in direct] == [
         without_delivery_tag(d) for d in through_kombu
     ]
     assert len({d["properties"]["delivery_tag"] for d in direct}) == 3
     assert [d["headers"]["id"] for d in direct] == ["task-1", "task-2", "task-3"]
+    # Filled in from the route's template, not built by Celery message by message.
+    assert template_of(listener) is not None
+
+
+def test_a_batch_message_from_a_template_is_what_kombu_would_write():
+    listener = Listener(MESSAGE.task_name, MESSAGE.channel, "", batch=10)
+    rows = [row(1), unusual_row(2)]
+    delivery = messages.Delivery.of(listener, rows)
+
+    def published() -> list[dict]:
+        publisher = Publisher(current_app._get_current_object())
+        try:
+            with publisher.batch():
+                publisher.publish(delivery, "default")
+        finally:
+            publisher.close()
+        return [without_delivery_tag(d) for d in raw_messages("celery")]
+
+    direct = published()
+    support.purge_queues()
+    with publish_receiver():
+        assert published() == direct
+
+
+def test_a_route_whose_messages_change_by_themselves_is_not_filled_in():
+    """A countdown's eta is reckoned when each message is made: no template holds it."""
+    listener = Listener(MESSAGE.task_name, MESSAGE.channel, "", {"countdown": 60})
+    publish(listener, [row(1), row(2)])
+    assert template_of(listener) is None
+    etas = [d["headers"]["eta"] for d in raw_messages("celery")]
+    assert len(etas) == 2 and all(eta is not None for eta in etas)
 
 
 def test_messages_written_to_lists_are_read_back_in_order_by_kombu():
