@@ -157,12 +157,11 @@ class Bridge:
         )
         self.broker = Dependency("broker", "", max_backoff)
         self.stopping = False
-        #: Where ``/metrics`` and ``/health`` are served, if anywhere.
+        #: Served on ``/metrics`` and ``/health``, if anywhere.
         port = metrics_port or conf.metrics_port()
-        self.metrics_at = None if port is None else (metrics_address or conf.metrics_address(),
-                                                     port)
         self.metrics = None if port is None else metrics.Metrics(
-            self.channels or registry.registered_channels(), self.state)
+            self.channels or registry.registered_channels(), self.state,
+            metrics_address or conf.metrics_address(), port)
         self.observed_at: float | None = None
         #: When the loop last turned or finished a batch.
         self.progressed_at = time.monotonic()
@@ -287,12 +286,12 @@ class Bridge:
             time.monotonic() - self.progressed_at, self.stuck_after)
 
     def _serve_metrics(self) -> WSGIServer | None:
-        if self.metrics is None or self.metrics_at is None:
+        if self.metrics is None:
             return None
-        address, port = self.metrics_at
         try:
-            return metrics.serve(self.metrics, address, port)
+            return metrics.serve(self.metrics)
         except OSError as exc:
+            address, port = self.metrics.address, self.metrics.port
             raise ImproperlyConfigured(
                 f"The bridge cannot serve metrics on {address}:{port} (PGCELERY_METRICS_PORT, "
                 f"--metrics-port; PGCELERY_METRICS_ADDRESS, --metrics-address): {exc}. "

@@ -84,9 +84,12 @@ class Metrics:
     """The bridge's metrics, in a registry of their own (several bridges in one process,
     as in tests, do not mix theirs)."""
 
-    def __init__(self, served_channels: Iterable[str], state: Callable[[], State]) -> None:
+    def __init__(self, served_channels: Iterable[str], state: Callable[[], State],
+                 address: str = "127.0.0.1", port: int = 0) -> None:
         self.registry = CollectorRegistry()
         self.state = state
+        #: Where :meth:`serve` serves them.
+        self.address, self.port = address, port
         self._published = Counter(
             "pgcelery_published", "Notifications published to the broker, by listener task.",
             ["channel", "listener"], registry=self.registry)
@@ -191,8 +194,9 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def serve(metrics: Metrics, address: str, port: int) -> WSGIServer:
-    """Serves ``/metrics`` and ``/health`` on ``address:port`` from a daemon thread.
+def serve(metrics: Metrics) -> WSGIServer:
+    """Serves ``/metrics`` and ``/health`` on the metrics' address and port from a daemon
+    thread.
 
     Raises:
         OSError: if the port cannot be bound.
@@ -211,6 +215,7 @@ def serve(metrics: Metrics, address: str, port: int) -> WSGIServer:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"Not found: pgcelery's bridge serves /metrics and /health.\n"]
 
+    address, port = metrics.address, metrics.port
     server = make_server(address, port, app, server_class=_Server6 if ":" in address else _Server,
                          handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="pgcelery-metrics", daemon=True).start()
