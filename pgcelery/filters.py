@@ -52,7 +52,7 @@ def from_setting(value: Any) -> Q | None:
             f"returns one; it is {value!r}.")
     translated = _translated(value)
     try:
-        _compiled(translated, "default")
+        condition(translated, "default")
     except FieldError as exc:
         raise ImproperlyConfigured(f"{SETTING}: {exc}") from exc
     return translated
@@ -60,10 +60,6 @@ def from_setting(value: Any) -> Q | None:
 
 def condition(q: Q, database: str) -> tuple[str, list[Any]]:
     """The filter as an SQL condition on the outbox table, and its parameters."""
-    return _compiled(q, database)
-
-
-def _compiled(q: Q, database: str) -> tuple[str, list[Any]]:
     from pgcelery.models import Notification
 
     query = Notification.objects.using(database).filter(q).query
