@@ -70,8 +70,6 @@ def set_notification_context(context: dict[str, Any], using: str | None = None) 
             "of the transaction: keep ids in it and let listeners load the rest, or raise "
             "the setting."
         )
-    traced = tracing.with_trace(value)  # the writes of a span carry its trace
-    if traced is not value:
-        encoded = payloads.dump(traced)
     with connections[alias].cursor() as cursor:
-        cursor.execute(sql.SET_CONTEXT, [encoded])
+        # The writes of a span carry its trace.
+        cursor.execute(sql.SET_CONTEXT, [tracing.with_trace(encoded)])

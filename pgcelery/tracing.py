@@ -57,10 +57,16 @@ def encoded_trace() -> str | None:
     return None if headers is None else json.dumps({TRACE_KEY: headers})
 
 
-def with_trace(context: dict[str, Any]) -> dict[str, Any]:
-    """``context`` (a notification context) with the current trace, if any."""
-    headers = current()
-    return context if headers is None else {**context, TRACE_KEY: headers}
+def with_trace(encoded: str) -> str:
+    """An encoded notification context (a JSON object) with the current trace, if any.
+
+    Joined as text: the user's part is not encoded again, and where it has the trace's key
+    too the trace, coming last, is what the database keeps.
+    """
+    trace = encoded_trace()
+    if trace is None:
+        return encoded
+    return trace if encoded == "{}" else f"{encoded[:-1]}, {trace[1:]}"
 
 
 def without_trace(context: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,16 @@ def test_notify_and_trigger_writes_in_a_span_carry_its_trace_and_only_then():
                                  with_user]
 
 
+def test_a_context_in_a_span_gets_the_trace_joined_to_it_and_the_trace_wins():
+    with TRACER.start_as_current_span("request") as span:
+        trace_only = {tracing.TRACE_KEY: {"traceparent": traceparent(span)}}
+        assert json.loads(tracing.with_trace("{}")) == trace_only
+        assert json.loads(tracing.with_trace('{"user":7}')) == {"user": 7, **trace_only}
+        assert tracing.headers(tracing.with_trace('{"pgcelery.trace":"forged"}')) == (
+            trace_only[tracing.TRACE_KEY])
+    assert tracing.with_trace('{"user":7}') == '{"user":7}'
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_trace_is_set_once_per_transaction():
     statements = _Recorder()
