@@ -85,7 +85,7 @@ class Metrics:
     as in tests, do not mix theirs)."""
 
     def __init__(self, served_channels: Iterable[str], state: Callable[[], State],
-                 address: str = "127.0.0.1", port: int = 0) -> None:
+                 address: str, port: int) -> None:
         self.registry = CollectorRegistry()
         self.state = state
         #: Where :meth:`serve` serves them.

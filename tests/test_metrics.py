@@ -129,7 +129,7 @@ def test_json_log_lines_carry_the_notification(spawn):
 
 def test_a_bridge_without_progress_is_unhealthy():
     state = metrics.State([metrics.DependencyState("database", "'default'", True)], 71.0, 70.0)
-    serving, body = metrics.Metrics([], lambda: state).health()
+    serving, body = metrics.Metrics([], lambda: state, "127.0.0.1", 0).health()
     assert not serving
     assert body["reason"] == "the bridge has made no progress for 71 s (more than 70 s)"
 
