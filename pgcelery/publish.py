@@ -125,10 +125,9 @@ class Publisher:
             envelope = delivery.envelope(database, route.redeliver_after)
             trace = _trace(delivery)
             target, lists = route.redis_list, self._lists
-            if target is not None and lists is not None and target.template is not None \
-                    and trace is None:
+            if target is not None and lists is not None and target.template is not None:
                 lists.add(target.queue, target.template.render(
-                    delivery.task_id, kwargsrepr, envelope, lists.tag()))
+                    delivery.task_id, kwargsrepr, envelope, lists.tag(), trace))
                 return
             message = route.message(delivery.task_id, kwargsrepr, {messages.ENVELOPE: envelope})
             if trace is not None:

@@ -32,17 +32,24 @@ supports = celery_internals.is_redis_channel
 MessageBuilder = Callable[[str, str, dict[str, Any]], Any]
 
 
+#: What a template is checked with, once without headers of its own and once with.
+_PROBE = ("pgcelery-probe", "{'probe': 1}", {"probe": [1, "\u00e9\"{}", None]}, "tag")
+_PROBE_HEADERS = {"traceparent": "00-probe-01", "tracestate": "probe=1"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Template:
     """One route's wire message, with what changes from one message to the next left open:
-    the task id, the ``kwargsrepr``, the one keyword argument and the delivery tag.
+    the task id, the ``kwargsrepr``, the one keyword argument, headers added to Celery's
+    (the writer's trace) and the delivery tag.
 
     Celery's building of a message and kombu's two JSON encodings of it were most of the
     bridge's time per message; filling a template is one small JSON encoding and a format.
     """
 
     #: The wire message as a ``str.format`` string with the fields ``id``, ``kwargsrepr``,
-    #: ``body`` and ``tag``, each standing for a JSON string.
+    #: ``body`` and ``tag``, each standing for a JSON string, and ``headers``, for the
+    #: added headers' members.
     wire: str
     #: The body's JSON before and after the keyword argument's value.
     body: tuple[str, str]
@@ -53,40 +60,51 @@ class Template:
            serializer: str, delivery_mode: Any) -> Template | None:
         """The template of a route's messages, or None where a message is more than its
         open fields: another serializer, or a field that changes by itself (an ``eta`` from
-        ``countdown``, a time stamp of a newer Celery), which the probe shows."""
+        ``countdown``, a time stamp of a newer Celery), which the probes show."""
         if serializer != "json":
             return None
-        marks = {field: f"pgcelery{uuid.uuid4().hex}{field}"
-                 for field in ("id", "kwargsrepr", "argument", "tag")}
-        message = build(marks["id"], marks["kwargsrepr"], {keyword: marks["argument"]})
-        _, _, body = serialization.dumps(message.body, serializer)
-        before, _, after = body.partition(json.dumps(marks["argument"]))
+
+        def wire_of(task_id: str, kwargsrepr: str, argument: Any, tag: str,
+                    headers: dict[str, str] | None = None) -> str:
+            message = build(task_id, kwargsrepr, {keyword: argument})
+            message.headers.update(headers or {})
+            return celery_internals.redis_wire_message(channel, message, queue, serializer,
+                                                       delivery_mode, tag)
 
         def encode_body(text: str) -> str:
             encoded: str = channel.encode_body(text, channel.body_encoding)[0]
             return encoded
 
-        wire = celery_internals.redis_wire_message(channel, message, queue, serializer,
-                                                   delivery_mode, marks["tag"])
+        marks = {field: f"pgcelery{uuid.uuid4().hex}{field}"
+                 for field in ("id", "kwargsrepr", "argument", "tag", "headers")}
+        body = serialization.dumps(build(marks["id"], marks["kwargsrepr"],
+                                         {keyword: marks["argument"]}).body, serializer)[2]
+        before, _, after = body.partition(json.dumps(marks["argument"]))
+        wire = wire_of(marks["id"], marks["kwargsrepr"], marks["argument"], marks["tag"],
+                       {marks["headers"]: marks["headers"]})
         marks["body"] = encode_body(body)
         template = cls(_open_fields(wire, marks), (before, after), encode_body)
-        probe = ("pgcelery-probe", "{'probe': 1}", {"probe": [1, "\u00e9\"{}", None]}, "tag")
-        expected = celery_internals.redis_wire_message(
-            channel, build(probe[0], probe[1], {keyword: probe[2]}), queue, serializer,
-            delivery_mode, probe[3])
-        return template if template.render(*probe) == expected else None
+        probes_pass = all(template.render(*_PROBE, headers) == wire_of(*_PROBE, headers)
+                          for headers in (None, _PROBE_HEADERS))
+        return template if probes_pass else None
 
-    def render(self, task_id: str, kwargsrepr: str, argument: Any, tag: str) -> str:
-        """The wire message of one task."""
+    def render(self, task_id: str, kwargsrepr: str, argument: Any, tag: str,
+               headers: dict[str, str] | None = None) -> str:
+        """The wire message of one task; ``headers`` are added to Celery's."""
         body = self.body[0] + json.dumps(argument) + self.body[1]
+        added = ", " + json.dumps(headers)[1:-1] if headers else ""
         return self.wire.format(id=json.dumps(task_id), kwargsrepr=json.dumps(kwargsrepr),
-                                body=json.dumps(self.encode_body(body)), tag=json.dumps(tag))
+                                body=json.dumps(self.encode_body(body)), tag=json.dumps(tag),
+                                headers=added)
 
 
 def _open_fields(wire: str, marks: dict[str, str]) -> str:
-    """``wire`` as a format string, each mark's JSON string replaced by its field."""
+    """``wire`` as a format string: each mark's JSON string replaced by its field, and the
+    header member ``"<headers mark>": "<headers mark>"`` (with its comma) by ``headers``."""
+    member = json.dumps(marks["headers"])
     fields = {json.dumps(mark): "{" + field + "}" for field, mark in marks.items()}
-    pattern = "|".join(re.escape(found) for found in fields)
+    fields[f", {member}: {member}"] = "{headers}"
+    pattern = "|".join(re.escape(found) for found in sorted(fields, key=len, reverse=True))
     escaped = wire.replace("{", "{{").replace("}", "}}")
     return re.sub(pattern, lambda found: fields[found.group()], escaped)
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 from celery import current_app, shared_task, signals
 
-from pgcelery import messages, redis_lists
+from pgcelery import messages, redis_lists, tracing
 from pgcelery.publish import Publisher
 from pgcelery.registry import Listener
 from tests import support
@@ -93,13 +93,19 @@ def unusual_row(n: int) -> messages.Row:
                         json.dumps({"tenant": text}))
 
 
+def traced_row(n: int) -> messages.Row:
+    """A notification written in a span: its message carries the writer's trace."""
+    trace = {"traceparent": f"00-{n:032x}-{n:016x}-01", "tracestate": "vendor=1"}
+    return row(n)._replace(context=json.dumps({"tenant": n, tracing.TRACE_KEY: trace}))
+
+
 @pytest.mark.parametrize("listener", [
     MESSAGE,
     Listener("tests.test_publish.limited", MESSAGE.channel, "", {"queue": "stats"}),
     Listener(MESSAGE.task_name, MESSAGE.channel, "", redeliver_after=30.5),
 ], ids=["plain", "task-options", "redeliver-after"])
 def test_redis_lists_get_exactly_what_kombu_would_write(listener):
-    rows = [row(1), unusual_row(2), unusual_row(3)]
+    rows = [row(1), unusual_row(2), traced_row(3)]
     queue = listener.options.get("queue", "celery")
     publish(listener, rows)
     direct = raw_messages(queue)
@@ -113,6 +119,7 @@ def test_redis_lists_get_exactly_what_kombu_would_write(listener):
     ]
     assert len({d["properties"]["delivery_tag"] for d in direct}) == 3
     assert [d["headers"]["id"] for d in direct] == ["task-1", "task-2", "task-3"]
+    assert direct[2]["headers"]["traceparent"] == f"00-{3:032x}-{3:016x}-01"
     # Filled in from the route's template, not built by Celery message by message.
     assert template_of(listener) is not None
 
