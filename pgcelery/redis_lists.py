@@ -77,8 +77,14 @@ class Template:
 
         marks = {field: f"pgcelery{uuid.uuid4().hex}{field}"
                  for field in ("id", "kwargsrepr", "argument", "tag", "headers")}
-        body = serialization.dumps(build(marks["id"], marks["kwargsrepr"],
-                                         {keyword: marks["argument"]}).body, serializer)[2]
+        try:
+            message = build(marks["id"], marks["kwargsrepr"], {keyword: marks["argument"]})
+        except Exception:
+            # Options Celery cannot make a message with (a countdown that is no number):
+            # on the full path each notification fails with Celery's reason, and the
+            # others go on.
+            return None
+        body = serialization.dumps(message.body, serializer)[2]
         before, _, after = body.partition(json.dumps(marks["argument"]))
         wire = wire_of(marks["id"], marks["kwargsrepr"], marks["argument"], marks["tag"],
                        {marks["headers"]: marks["headers"]})

@@ -2,6 +2,7 @@
 
 import base64
 import collections
+import dataclasses
 import datetime
 import io
 import json
@@ -358,3 +359,21 @@ def test_trigger_rows_django_cannot_read_are_kept_as_failed_naming_the_column(br
                           ("day", "'10000-01-01'"), ("when", "'infinity'")):
         assert any(f"new column {column!r} (Sample.{column}) holds {value}, which Django "
                    "cannot read as a Date" in reason for reason in reasons), (column, value)
+
+
+def test_a_listener_whose_options_celery_cannot_use_fails_its_notifications_alone(
+        bridge, monkeypatch):
+    """A countdown that is not a number: Celery cannot make the message, for any
+    notification of that listener; the others go on."""
+    task = "tests.testapp.listeners.message_received"
+    found = registry.find(MESSAGE, "", task)
+    bad = dataclasses.replace(found, options={**found.options, "countdown": "soon"})
+    monkeypatch.setitem(registry._listeners[MESSAGE, ""], task, bad)
+    pgcelery.notify(Message, text="cannot be sent")
+    pgcelery.notify(Routed, n=1)
+    assert bridge.drain() == 2
+    assert [m.headers["task"] for m in support.take_messages("tests.routed")] == [
+        "tests.testapp.listeners.routed"]
+    [failure] = Notification.objects.filter(failed_at__isnull=False).values_list("failure",
+                                                                                  flat=True)
+    assert failure.startswith(f"publishing task {task} failed: TypeError")
