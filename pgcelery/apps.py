@@ -1,10 +1,10 @@
-"""Django app config: discovers every installed app's ``listeners`` module."""
+"""Django app config: discovers every installed app's ``listeners`` and ``tasks`` modules."""
 
 from django.apps import AppConfig, apps
 from django.db.backends.signals import connection_created
 from django.utils.module_loading import autodiscover_modules
 
-from pgcelery import tracing
+from pgcelery import registry, tracing, trigger_migrations
 
 
 class PgceleryConfig(AppConfig):
@@ -17,8 +17,10 @@ class PgceleryConfig(AppConfig):
 
         if not apps.is_installed("pgtrigger"):
             return  # pgcelery.E002 says so; the listeners' triggers would go nowhere
+        trigger_migrations.install()
         # Importing the listeners registers their triggers (for makemigrations) and their
-        # tasks (for the bridge and the workers) without the user importing them.
-        autodiscover_modules("listeners")
+        # tasks (for the bridge and the workers) without the user importing them; Celery's
+        # users keep tasks in tasks.py, and so may keep listeners there.
+        autodiscover_modules(*registry.LISTENER_MODULES)
         if tracing.available():
             connection_created.connect(tracing.install, dispatch_uid="pgcelery.tracing")

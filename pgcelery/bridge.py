@@ -577,7 +577,8 @@ def _no_listener_reason(row: messages.Row) -> str:
     if row.channel not in registry.registered_channels():
         return (
             f"unknown channel {row.channel!r}: no listener is registered for it in this "
-            "project; deploy its listeners, then retry the notification, or discard it"
+            f"project (listeners are looked for in {registry.where_listeners_live()}); "
+            "deploy its listeners, then retry the notification, or discard it"
         )
     return (
         f"no listener for trigger {row.trigger!r} of {row.channel}: the trigger's listeners "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 import types
 import typing
@@ -16,53 +15,52 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
-from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
-from pgtrigger import compiler, features
-from pgtrigger.migrations import AddTrigger
+from pgtrigger import features
 
-from pgcelery import celery_internals, channels, conf, publish, registry, sql
+from pgcelery import (
+    celery_internals,
+    channels,
+    conf,
+    publish,
+    registry,
+    sql,
+    trigger_migrations,
+)
 from pgcelery.models import Notification
-
-_FUNCTION_CALL = re.compile(r"\b(" + "|".join(map(re.escape, sql.FUNCTION_MIGRATIONS)) + r")\(")
 
 
 @checks.register(checks.Tags.database)
 def check_trigger_migrations(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Every migration that installs a pgcelery trigger runs after the pgcelery migration
-    that creates the function its trigger calls.
+    """Every migration with a trigger that executes a pgcelery function as its trigger
+    function runs after the pgcelery migration that creates it.
 
-    ``migrate`` runs apps' migrations in no set order between apps: without the dependency,
-    a write in a later migration of the app (a data migration) can fire a trigger whose
-    function does not exist yet. Tagged ``database``, so ``migrate`` runs it.
+    ``migrate`` runs apps' migrations in no set order between apps, and PostgreSQL refuses
+    such a trigger before its function exists. (A trigger whose own function calls
+    pgcelery's, as earlier releases wrote them, is created in any order.) ``makemigrations``
+    writes the dependency; a migration written or edited by hand may lack it. Tagged
+    ``database``, so ``migrate`` runs it.
     """
     loader = MigrationLoader(None, ignore_no_migrations=True)
     errors: list[checks.CheckMessage] = []
     for key, migration in sorted(loader.disk_migrations.items()):
-        if key[0] == "pgcelery":
+        if key[0] == trigger_migrations.PGCELERY:
             continue
         before = set(loader.graph.forwards_plan(key))
-        for trigger, function in _pgcelery_calls(migration):
-            needed = ("pgcelery", sql.FUNCTION_MIGRATIONS[function])
-            if needed not in before:
+        for trigger, needed in trigger_migrations.pgcelery_calls(migration.operations,
+                                                                 executed_only=True):
+            if (trigger_migrations.PGCELERY, needed) not in before:
                 errors.append(checks.Error(
-                    f"Migration {key[0]}.{key[1]} installs trigger {trigger!r}, which calls "
-                    f"{function}() from migration pgcelery.{needed[1]}, but does not depend "
-                    "on it.",
-                    hint=f"Add {needed!r} to the dependencies of {key[0]}.{key[1]}.",
+                    f"Migration {key[0]}.{key[1]} installs trigger {trigger!r}, which executes "
+                    f"a function that migration pgcelery.{needed} creates, but does not "
+                    "depend on it.",
+                    hint=f"Add {(trigger_migrations.PGCELERY, needed)!r} to the dependencies "
+                         f"of {key[0]}.{key[1]}.",
                     obj=f"{key[0]}.{key[1]}",
                     id="pgcelery.E001",
                 ))
                 break
     return errors
-
-
-def _pgcelery_calls(migration: Migration) -> Iterator[tuple[str, str]]:
-    """(trigger name, pgcelery function) for each pgcelery function a trigger added calls."""
-    for operation in migration.operations:
-        if isinstance(operation, AddTrigger) and isinstance(operation.trigger, compiler.Trigger):
-            for function in _FUNCTION_CALL.findall(str(operation.trigger.sql)):
-                yield operation.trigger.name or "", function
 
 
 @checks.register()
@@ -86,8 +84,9 @@ def check_listener_triggers_migrated(app_configs: Any = None,
         if app_label in loader.unmigrated_apps:
             continue
         migrated = state.models.get((app_label, model_name))
-        # pgtrigger annotates the model class it takes as a model instance.
-        compiled = trigger.compile(model)  # type: ignore[arg-type]
+        with trigger_migrations.compiled_against(state):
+            # pgtrigger annotates the model class it takes as a model instance.
+            compiled = trigger.compile(model)  # type: ignore[arg-type]
         if migrated is None or compiled not in migrated.options.get("triggers", []):
             warnings.append(checks.Warning(
                 f"The trigger {trigger.name!r} of a listener on {model._meta.label} is not in "
@@ -162,14 +161,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return []
 
 
+def _celery_app() -> Any:
+    """The Celery app the bridge would publish with; None where the settings name one that
+    does not load (pgcelery.E003 says why)."""
+    try:
+        return publish.celery_app()
+    except ImproperlyConfigured:
+        return None
+
+
 @checks.register()
 def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """A Celery app of the project's own, and workers that keep their database connection."""
-    try:
-        app = publish.celery_app()
-    except ImproperlyConfigured:  # pgcelery.E003 says why
-        return []
-    if celery_internals.is_fallback_app(app):
+    """A Celery app of the project's own."""
+    app = _celery_app()
+    if app is not None and celery_internals.is_fallback_app(app):
         return [checks.Warning(
             "No Celery app is loaded: the bridge would publish with Celery's defaults (an AMQP "
             "broker on localhost) and the listeners' tasks belong to no configured app.",
@@ -178,7 +183,17 @@ def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                  "PGCELERY_CELERY_APP to its dotted path.",
             id="pgcelery.W002",
         )]
-    if celery_internals.db_reuse_max(app) is None:
+    return []
+
+
+@checks.register(deploy=True)
+def check_workers_keep_connections(app_configs: Any = None,
+                                   **kwargs: Any) -> list[checks.CheckMessage]:
+    """Workers that keep their database connection between tasks: a production concern,
+    so ``check --deploy`` reports it, not every ``manage.py`` command of a new project."""
+    app = _celery_app()
+    if (app is not None and not celery_internals.is_fallback_app(app)
+            and celery_internals.db_reuse_max(app) is None):
         return [checks.Warning(
             "CELERY_DB_REUSE_MAX is not set: Celery's workers close the database connections "
             "after every task, so each listener task opens a new connection.",

@@ -1,6 +1,7 @@
 """The registry of listeners: which tasks a notification of a channel (and trigger) goes to.
 
-Filled by the decorators when the apps' ``listeners`` modules are imported; read by the
+Filled by the decorators when the apps' ``listeners`` and ``tasks`` modules (or any module
+imported at start-up) are imported; read by the
 bridge to dispatch and by the worker to open a notification.
 """
 
@@ -40,7 +41,16 @@ class Listener:
         return self.redeliver_after
 
 
+#: The module of every installed app where listeners are looked for, at start-up.
+LISTENER_MODULES = ("listeners", "tasks")
+
 _listeners: dict[tuple[str, str], dict[str, Listener]] = {}
+
+
+def where_listeners_live() -> str:
+    """Where listeners are looked for, as a user reads it in a failure's reason."""
+    modules = " and ".join(f"{module}.py" for module in LISTENER_MODULES)
+    return f"every installed app's {modules}, and any module imported at start-up"
 
 
 def listeners_for(channel: str, trigger: str) -> list[Listener]:

@@ -17,8 +17,9 @@ import hashlib
 from typing import Any
 
 import pgtrigger
+from pgtrigger import compiler
 
-from pgcelery import channels, sql
+from pgcelery import channels, sql, trigger_migrations
 
 _OPERATION_CODES = {"INSERT": "i", "UPDATE": "u", "DELETE": "d", "TRUNCATE": "t"}
 
@@ -117,9 +118,34 @@ def _name(channel: str, when: pgtrigger.When, operation: pgtrigger.Operation,
     return f"pgcelery_{str(when).lower()}_{ops}_{digest[:10]}"
 
 
-def _trigger(channel: type[channels.TriggerChannel], name: str, when: pgtrigger.When,
-             operation: pgtrigger.Operation,
-             condition: pgtrigger.Condition | None) -> pgtrigger.Trigger:
+class ListenerTrigger(pgtrigger.Trigger):
+    """A listener's trigger, with every rendering of it that pgcelery has written.
+
+    It compiles to the newest rendering, unless the app's migrations already hold an
+    earlier release's rendering of the same declaration: then to that one, so that an
+    upgrade of pgcelery leaves the users' migrations (and ``makemigrations --check``) as
+    they are. A changed declaration matches no earlier rendering and gets the newest.
+    """
+
+    def __init__(self, renderings: list[pgtrigger.Trigger]) -> None:
+        newest = renderings[0]
+        super().__init__(name=newest.name, level=newest.level, when=newest.when,
+                         operation=newest.operation, condition=newest.condition,
+                         referencing=newest.referencing, func="RETURN NULL;")
+        self.renderings = renderings
+
+    def compile(self, model: Any) -> compiler.Trigger:
+        return trigger_migrations.adopted(model, [rendering.compile(model)
+                                                  for rendering in self.renderings])
+
+
+def _renderings(channel: type[channels.TriggerChannel], name: str, when: pgtrigger.When,
+                operation: pgtrigger.Operation,
+                condition: pgtrigger.Condition | None) -> list[pgtrigger.Trigger]:
+    """The trigger as pgcelery renders it now, then as earlier releases rendered it.
+
+    Frozen: a change to the SQL is a new rendering put first, never an edit of one here.
+    """
     side = _transition_side(when, operation, condition)
     options: dict[str, Any] = {"name": name, "when": when, "operation": operation}
     if side is not None:
@@ -127,12 +153,13 @@ def _trigger(channel: type[channels.TriggerChannel], name: str, when: pgtrigger.
                        referencing=pgtrigger.Referencing(**{side: f"{side}_rows"}))
     else:
         options["condition"] = condition
+    func = _row_func(channel, name) if side is None else _statement_func(channel, name, side)
+    # Until 0.1.0's row functions: a function of the trigger's own calling pgcelery's.
+    calling = pgtrigger.Trigger(func=func, **options)
     if channel.model._meta.get_parent_list():
-        func = (_row_func(channel, name) if side is None
-                else _statement_func(channel, name, side))
-        return pgtrigger.Trigger(func=func, **options)
+        return [calling]
     function = sql.ROW_FUNCTION if side is None else sql.ROWS_FUNCTION
-    return _DirectTrigger(execute=_execute(function, channel, name), **options)
+    return [_DirectTrigger(execute=_execute(function, channel, name), **options), calling]
 
 
 def register(
@@ -152,6 +179,6 @@ def register(
     try:
         pgtrigger.registered(f"{model._meta.label}:{trigger_name}")
     except KeyError:
-        _trigger(channel, trigger_name, when, operation, condition).register(
+        ListenerTrigger(_renderings(channel, trigger_name, when, operation, condition)).register(
             model)  # type: ignore[arg-type]
     return trigger_name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,6 +55,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def isolated_broker_url(redis_database: int) -> str:
+    """The broker, on a Redis database of its own so no other test's worker takes its tasks."""
+    url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    return re.sub(r"/\d*$", f"/{redis_database}", url) if url.startswith("redis://") else url
 
 
 def trigger_of(listener: str) -> str:
@@ -111,12 +118,13 @@ _serial = itertools.count(1)
 class Process:
     """A command run in the background with its output in a log file."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str],
+                 cwd: Path = EXAMPLE) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}-{next(_serial)}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv, cwd=EXAMPLE, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

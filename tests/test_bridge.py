@@ -104,6 +104,7 @@ def test_rows_that_cannot_be_dispatched_are_kept_as_failed_and_never_block_the_r
     failed = dict(Notification.objects.filter(failed_at__isnull=False).values_list("id", "failure"))
     assert sorted(failed) == [unknown, orphan]
     assert failed[unknown].startswith("unknown channel 'gone.channels.Removed'")
+    assert "looked for in every installed app's listeners.py and tasks.py" in failed[unknown]
     assert failed[orphan].startswith("no listener for trigger 'pgcelery_after_i_0000000000'")
     assert bridge.drain() == 0
     assert [(s["channel"], s["pending"], s["failed"]) for s in channel_status("default")] == [

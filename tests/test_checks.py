@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from celery import Celery
+from django.core.checks import run_checks
 from django.db import connection
 from django.test import override_settings
 from pgtrigger import registered
@@ -16,6 +17,7 @@ from pgcelery.checks import (
     check_celery_app,
     check_databases_drained,
     check_settings,
+    check_workers_keep_connections,
 )
 from tests import support
 from tests.testapp.models import Writer
@@ -80,12 +82,17 @@ def test_no_celery_app_is_a_warning():
     assert "pgcelery.W004" not in result.stderr
 
 
-def test_workers_closing_their_connection_after_every_task_is_a_warning():
-    assert check_celery_app() == []
+def test_workers_closing_their_connection_after_every_task_is_a_deployment_warning():
+    """A production concern: ``check --deploy`` reports it, not every ``manage.py`` command
+    of a new project."""
+    assert check_workers_keep_connections() == []
     with override_settings(PGCELERY_CELERY_APP="tests.test_checks.app_without_reuse"):
-        [warning] = check_celery_app()
-    assert warning.id == "pgcelery.W004"
-    assert warning.msg.startswith("CELERY_DB_REUSE_MAX is not set")
+        assert check_celery_app() == []
+        [warning] = check_workers_keep_connections()
+        assert warning.id == "pgcelery.W004"
+        assert warning.msg.startswith("CELERY_DB_REUSE_MAX is not set")
+        assert "pgcelery.W004" not in [found.id for found in run_checks()]
+        assert "pgcelery.W004" in [found.id for found in run_checks(include_deployment_checks=True)]
 
 
 @pytest.mark.parametrize(("name", "value"), [

@@ -36,12 +36,6 @@ def test_the_wheel_ships_the_package_typed_with_its_migrations_and_license(wheel
     assert not any(name.startswith(("tests/", "example_project/")) for name in names)
 
 
-def isolated_broker_url() -> str:
-    """The broker, on a Redis database of its own so no other test's worker takes its tasks."""
-    url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    return re.sub(r"/\d*$", "/7", url) if url.startswith("redis://") else url
-
-
 def test_the_wheel_alone_runs_the_example_end_to_end(wheel, tmp_path, transactional_db):
     """A clean virtualenv with only the wheel and what it declares: migrate, bridge, worker."""
     venv = tmp_path / "venv"
@@ -52,7 +46,7 @@ def test_the_wheel_alone_runs_the_example_end_to_end(wheel, tmp_path, transactio
     url = support.database_url({**connection.settings_dict, "NAME": name})
     env = {key: value for key, value in os.environ.items()
            if key not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
-    env.update(DATABASE_URL=url, CELERY_BROKER_URL=isolated_broker_url())
+    env.update(DATABASE_URL=url, CELERY_BROKER_URL=support.isolated_broker_url(7))
     try:
         demo = subprocess.run([python, "demo.py"], cwd=support.EXAMPLE, env=env,
                               capture_output=True, text=True, timeout=300)

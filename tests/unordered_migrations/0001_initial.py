@@ -1,10 +1,11 @@
-"""A migration that installs a pgcelery trigger but forgot its dependency on pgcelery's."""
+"""A migration, written by hand, with a pgcelery trigger executing pgcelery's function
+directly but without its dependency on pgcelery's migration that creates it."""
 
 import pgtrigger.compiler
 import pgtrigger.migrations
 from django.db import migrations
 
-FUNC = "PERFORM pgcelery_notify_v1('a.B', 'a.B', 'pgcelery_after_i_unordered', '{}'::jsonb);"
+EXECUTE = "pgcelery_row_v1('a.B', 'a.B', 'pgcelery_after_i_unordered', '{}')"
 
 
 class Migration(migrations.Migration):
@@ -17,7 +18,7 @@ class Migration(migrations.Migration):
             trigger=pgtrigger.compiler.Trigger(
                 name="pgcelery_after_i_unordered",
                 sql=pgtrigger.compiler.UpsertTriggerSql(
-                    func=FUNC + "\nRETURN NEW;", hash="0", operation="INSERT",
+                    execute=EXECUTE, func="RETURN NULL;", hash="0", operation="INSERT",
                     pgid="pgtrigger_pgcelery_after_i_unordered", table="testapp_writer",
                     when="AFTER",
                 ),
