@@ -1,5 +1,7 @@
 """pgcelery: PostgreSQL notifications as Celery tasks for Django projects."""
 
+import importlib
+
 from pgcelery.channels import BaseChannel, Channel, TriggerChannel, UnknownChannel
 from pgcelery.filters import ListenerFilterProvider
 from pgcelery.listeners import (
@@ -14,7 +16,7 @@ from pgcelery.listeners import (
     pre_update_listener,
     trigger_listener,
 )
-from pgcelery.notify import notify, set_notification_context
+from pgcelery.notify import anotify, aset_notification_context, notify, set_notification_context
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,8 @@ __all__ = [
     "ListenerFilterProvider",
     "TriggerChannel",
     "UnknownChannel",
+    "anotify",
+    "aset_notification_context",
     "listener",
     "notify",
     "post_delete_listener",
@@ -37,3 +41,10 @@ __all__ = [
     "set_notification_context",
     "trigger_listener",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``pgcelery.testing``, imported when a test first uses it, not with the app."""
+    if name == "testing":
+        return importlib.import_module("pgcelery.testing")
+    raise AttributeError(f"module 'pgcelery' has no attribute {name!r}")

@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import time
-import typing
 from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -26,10 +25,10 @@ from wsgiref.simple_server import WSGIServer
 from celery import Celery
 from django.core.exceptions import ImproperlyConfigured
 
-from pgcelery import channels, conf, logs, messages, metrics, registry
-from pgcelery.connector import Connector, Failure, Scope, connector_for
+from pgcelery import channels, conf, dispatch, messages, metrics, registry
+from pgcelery.connector import Connector, Scope, connector_for
+from pgcelery.dispatch import Failure
 from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
-from pgcelery.registry import Listener
 from pgcelery.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -417,7 +416,7 @@ class Bridge:
         sent: list[messages.Delivery] = []
         if not rows:
             return failed, sent
-        deliveries = self._deliveries(rows, failed)
+        deliveries = dispatch.deliveries(rows, failed)
         periods = {listener: self.publisher.redelivery_period(listener)
                    for listener in {delivery.listener for delivery in deliveries}}
         remembered = [(delivery, period) for delivery in deliveries
@@ -429,7 +428,7 @@ class Bridge:
                 if reason is None:
                     sent.append(delivery)
                 else:
-                    failed.extend(_failure(row, reason) for row in delivery.rows)
+                    failed.extend(dispatch.failure(row, reason) for row in delivery.rows)
         # A failed notification goes again to all its listeners once retried.
         failed_rows = {(row_id, position) for row_id, position, _ in failed}
         outbox.connector.forget([
@@ -439,48 +438,6 @@ class Bridge:
             soonest = time.monotonic() + min(period for _, period in remembered)
             outbox.redeliver_at = min(outbox.redeliver_at, soonest)
         return failed, sent
-
-    def _deliveries(self, rows: list[messages.Row],
-                    failed: list[Failure]) -> list[messages.Delivery]:
-        """The rows' task messages: one per listener and notification, and for a listener with
-        ``batch``, one per batch of its notifications in commit order. Rows that cannot be
-        sent join ``failed``."""
-        deliveries: list[messages.Delivery] = []
-        #: (listener, the outbox row of a failed batch put back in the queue, or None)
-        batches: dict[tuple[Listener, int | None], list[messages.Row]] = {}
-        for row in rows:
-            targets = self._targets(row)
-            if isinstance(targets, str):
-                failed.append(_failure(row, targets))
-                continue
-            for listener in targets:
-                if listener.batch is None:
-                    deliveries.append(messages.Delivery.of(listener, [row]))
-                else:
-                    kept = row.id if row.task_id is not None else None
-                    batches.setdefault((listener, kept), []).append(row)
-        failed_rows = {row_id for row_id, _, _ in failed}
-        for (listener, kept), batch in batches.items():
-            if kept is None:  # only listeners with ``batch`` are grouped
-                size = typing.cast(int, listener.batch)
-                deliveries.extend(messages.Delivery.of(listener, batch[start:start + size])
-                                  for start in range(0, len(batch), size))
-            elif kept not in failed_rows:  # else the whole batch stays failed, as it was
-                deliveries.append(messages.Delivery.of(listener, batch))
-        return deliveries
-
-    def _targets(self, row: messages.Row) -> list[Listener] | str:
-        """The listeners the row goes to; or why there are none it can be sent to."""
-        targets = registry.listeners_for(row.channel, row.trigger)
-        if row.listener is not None:  # a failed delivery, retried: its listener only
-            targets = [found for found in targets if found.task_name == row.listener]
-        if not targets:
-            return _no_listener_reason(row)
-        try:
-            messages.check(row)
-        except (LookupError, TypeError, ValueError) as exc:
-            return f"payload cannot be decoded: {exc}"
-        return targets
 
     def _send(self, delivery: messages.Delivery, database: str) -> str | None:
         """Publishes the delivery's task; returns why it cannot be, or None once done."""
@@ -496,7 +453,7 @@ class Bridge:
         if logger.isEnabledFor(logging.DEBUG):  # the fields cost, per message
             logger.debug("Notification %d on %s -> task %s[%s]", delivery.row.id,
                          delivery.row.channel, name, delivery.task_id,
-                         extra=_fields(delivery.row, delivery.task_id, name))
+                         extra=dispatch.log_fields(delivery.row, delivery.task_id, name))
         return None
 
     # -- redelivering ------------------------------------------------------------------
@@ -532,7 +489,7 @@ class Bridge:
         row = rows[0]
         task_name, task_id = row.listener or "", row.task_id or ""
         listener = registry.find(row.channel, row.trigger, task_name)
-        extra = _fields(row, task_id, task_name)
+        extra = dispatch.log_fields(row, task_id, task_name)
         if listener is None:
             logger.warning("Delivery %s[%s] of notification %d is due again, but %s is not "
                            "registered in this bridge: left for a bridge that knows it.",
@@ -553,34 +510,3 @@ class Bridge:
             return
         outbox.connector.prune(conf.atomic_retention())
         outbox.pruned_at = now
-
-
-def _failure(row: messages.Row, reason: str) -> Failure:
-    logger.error("Notification %d on %s failed: %s", row.id, row.channel, reason,
-                 extra=_fields(row))
-    return (row.id, row.position, reason)
-
-
-def _fields(row: messages.Row, task_id: str | None = None,
-            listener: str | None = None) -> dict[str, Any]:
-    """The JSON log fields of a line about ``row``'s notification."""
-    return logs.fields(channel=row.channel, notification=row.id, task_id=task_id,
-                       listener=listener)
-
-
-def _no_listener_reason(row: messages.Row) -> str:
-    if row.listener is not None:
-        return (
-            f"listener {row.listener} of {row.channel} is not registered: deploy it, then "
-            "retry the failed delivery, or discard it"
-        )
-    if row.channel not in registry.registered_channels():
-        return (
-            f"unknown channel {row.channel!r}: no listener is registered for it in this "
-            f"project (listeners are looked for in {registry.where_listeners_live()}); "
-            "deploy its listeners, then retry the notification, or discard it"
-        )
-    return (
-        f"no listener for trigger {row.trigger!r} of {row.channel}: the trigger's listeners "
-        "were removed; retry the notification once they are back, or discard it"
-    )

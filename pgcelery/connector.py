@@ -23,6 +23,7 @@ from django.db import connections
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from pgcelery import conf, filters, messages, sql
+from pgcelery.dispatch import Failure
 from pgcelery.registry import Listener
 from pgcelery.watchdog import Watchdog
 
@@ -38,8 +39,6 @@ PROBE_SECONDS = 2.0
 
 #: A wake-up as received: (pg channel, payload).
 Wakeup = tuple[str, str]
-#: A notification the bridge could not dispatch: (row id, position in the row, reason).
-Failure = tuple[int, int, str]
 #: A delivery of a ``redeliver_after`` listener, and its period in seconds.
 Remembered = tuple[messages.Delivery, float]
 
@@ -276,9 +275,7 @@ class Connector(abc.ABC):
         found = self._run(self._claim, {"limit": limit, "channels": scope.channels,
                                         "known": scope.known, "grace": scope.grace,
                                         "budget": budget})
-        rows = [messages.Row(row_id, position, uuid.UUID(seed), *rest)
-                for row_id, position, seed, *rest, _ in found]
-        return rows, bool(found and found[0][-1])
+        return messages.claimed(found), bool(found and found[0][-1])
 
     def fail(self, failures: Sequence[Failure]) -> None:
         """Keeps the claimed notifications that cannot be dispatched as failed rows."""

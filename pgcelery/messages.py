@@ -81,6 +81,12 @@ class Delivery:
         return opened
 
 
+def claimed(found: Sequence[tuple[Any, ...]]) -> list[Row]:
+    """The notifications of a claim's result rows (``sql.claim``)."""
+    return [Row(row_id, position, uuid.UUID(seed), *rest)
+            for row_id, position, seed, *rest, _ in found]
+
+
 def task_id(row: Row, task_name: str, trigger: str) -> str:
     """The Celery task id of one listener's run of one notification: a redelivery repeats it,
     and a failed delivery keeps the one it had.

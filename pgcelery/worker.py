@@ -8,13 +8,15 @@ failed delivery in the notification's database.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime
 import functools
 import inspect
 import logging
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Task, signals
@@ -201,6 +203,22 @@ def _postpone_delivery(database: str, task_id: str, seconds: float) -> None:
                      task_id, database, exc)
 
 
+#: Whether a listener's task that fails for good is kept as a failed delivery: not where
+#: its exception is raised to the caller instead (``pgcelery.testing``'s eager runs).
+_recording_failures: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pgcelery_recording_failures", default=True)
+
+
+@contextlib.contextmanager
+def failures_recorded(recorded: bool) -> Iterator[None]:
+    """Whether the tasks run in this block keep their failures as failed deliveries."""
+    token = _recording_failures.set(recorded)
+    try:
+        yield
+    finally:
+        _recording_failures.reset(token)
+
+
 @signals.task_failure.connect
 def record_failed_delivery(sender: Task | None = None, task_id: str | None = None,
                            exception: BaseException | None = None,
@@ -213,7 +231,7 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
     listener and the task id, so a retry runs that listener only, under the same id.
     """
     envelope = (kwargs or {}).get(messages.ENVELOPE)
-    if envelope is None or sender is None or task_id is None:
+    if envelope is None or sender is None or task_id is None or not _recording_failures.get():
         return
     request = sender.request
     attempts = (request.retries if request.id == task_id else 0) + 1
@@ -228,7 +246,8 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
               task_id, attempts, len(rows), side]
     try:
         connection = connections[database]
-        connection.close_if_unusable_or_obsolete()  # the failure may have broken it
+        if not request.is_eager:  # an eager run's connection is its caller's
+            connection.close_if_unusable_or_obsolete()  # the failure may have broken it
         with transaction.atomic(using=database), connection.cursor() as cursor:
             cursor.execute(sql.RECORD_FAILED_DELIVERY, values)
             if envelope.get("redeliver_after") is not None:

@@ -189,3 +189,10 @@ class Broadcasted(Channel):
     """Routed to a broadcast queue: every worker consuming it runs each notification."""
 
     n: int
+
+
+@dataclass
+class Greeting(Channel):
+    """Its listener lives in the app's tasks.py, where Celery's users keep their tasks."""
+
+    name: str
