@@ -114,7 +114,7 @@ def create_message(app: Celery, task_id: str, name: str, kwargs: dict[str, Any],
 
 
 def send_message(app: Celery, producer: Any, name: str, message: Any, **options: Any) -> None:
-    """Publishes a message made by :func:`create_message`, as ``send_task`` does.
+    """Publishes a message made by ``create_message``, as ``send_task`` does.
 
     Assumes ``app.amqp.send_task_message(producer, name, message, retry=, declare=, **route)``.
     """

@@ -24,7 +24,7 @@ class UnknownChannel(LookupError):
 
 
 class BaseChannel:
-    """Common base of :class:`Channel` and :class:`TriggerChannel`."""
+    """Common base of ``Channel`` and ``TriggerChannel``."""
 
     @classmethod
     def name(cls) -> str:
@@ -35,7 +35,7 @@ class BaseChannel:
 class Channel(BaseChannel):
     """Base of application channels: the dataclass fields are the payload.
 
-    Subclass it with ``@dataclass`` and call :func:`pgcelery.notify` with the fields.
+    Subclass it with ``@dataclass`` and call ``pgcelery.notify`` with the fields.
     """
 
 
@@ -70,7 +70,7 @@ ChannelRef = type[BaseChannel] | str
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """One payload field of a :class:`Channel`."""
+    """One payload field of a ``Channel``."""
 
     name: str
     type: Any

@@ -1,7 +1,7 @@
 """Every ``PGCELERY_*`` setting, read and checked in one place, each with its default.
 
 Each function raises ``ImproperlyConfigured`` naming the setting and its value when the
-value is unusable; :func:`check` reads them all, so a command stops at start rather than
+value is unusable; ``check`` reads them all, so a command stops at start rather than
 spinning on a batch size of 0 or busy-looping on a sweep interval of 0.
 """
 

@@ -82,7 +82,7 @@ class Connector(abc.ABC):
         self.listening = False
         self._connection: Any = None
         self._wakeups: list[Wakeup] = []
-        #: Inside :meth:`transaction`: whether BEGIN was sent, and the statements that wait
+        #: Inside ``transaction``: whether BEGIN was sent, and the statements that wait
         #: to go with its COMMIT.
         self._begun = False
         self._deferred: list[str] | None = None
@@ -100,7 +100,7 @@ class Connector(abc.ABC):
 
         Through a transaction pooler (pgbouncer's transaction mode) they cannot: each
         transaction may run in another server session. Then the connection sets nothing
-        that outlives a transaction (no LISTEN, no prepared claim), and :attr:`listening`
+        that outlives a transaction (no LISTEN, no prepared claim), and ``listening``
         is False: the bridge sweeps.
         """
         params = connections[self.alias].get_connection_params()
@@ -210,7 +210,7 @@ class Connector(abc.ABC):
         return taken
 
     def ping(self) -> None:
-        """Raises one of :attr:`errors` if the connection is lost.
+        """Raises one of ``errors`` if the connection is lost.
 
         For a socket that was readable but gave no wake-up: psycopg2 reads the end of a
         closed connection without an error, and only a query finds out.
@@ -224,9 +224,9 @@ class Connector(abc.ABC):
 
         The connection is in autocommit mode and the transaction's edges travel with its
         statements: BEGIN with the first one run, COMMIT with those deferred to it, so a
-        claim takes two round trips to the server, not four. With a :attr:`watchdog`, a
+        claim takes two round trips to the server, not four. With a ``watchdog``, a
         transaction that outlives ``PGCELERY_DATABASE_TIMEOUT`` has its connection shut
-        down: the driver raises one of :attr:`errors`.
+        down: the driver raises one of ``errors``.
         """
         guard = (contextlib.nullcontext() if self.watchdog is None else
                  self.watchdog.guard(self.fileno, self.timeout, f"Database {self.alias!r}"))
@@ -283,7 +283,7 @@ class Connector(abc.ABC):
             self._defer(sql.FAIL, [list(column) for column in zip(*failures, strict=True)])
 
     def delete(self, ids: Iterable[int]) -> None:
-        """Deletes the claimed rows, but those :meth:`fail` has just marked."""
+        """Deletes the claimed rows, but those ``fail`` has just marked."""
         self._defer(sql.DELETE, [sorted(set(ids))])
 
     def prune(self, retention: datetime.timedelta) -> None:
@@ -389,7 +389,7 @@ class Psycopg2Connector(Connector):
         return list(cursor.fetchall()) if cursor.description is not None else []
 
     def _receive_wakeups(self) -> None:
-        """psycopg2 keeps them in ``notifies``, which :meth:`_read_wakeups` empties."""
+        """psycopg2 keeps them in ``notifies``, which ``_read_wakeups`` empties."""
 
     def _read_wakeups(self) -> None:
         # psycopg2 keeps what it read during queries in ``notifies``, too.

@@ -2,7 +2,7 @@
 cannot be sent, and why.
 
 Pure functions of the claimed rows and the registry of listeners: the bridge publishes what
-they return, and :mod:`pgcelery.testing` runs it in the test's process.
+they return, and ``pgcelery.testing`` runs it in the test's process.
 """
 
 from __future__ import annotations

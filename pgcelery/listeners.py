@@ -71,7 +71,7 @@ def trigger_listener(
         operation: ``pgtrigger.Insert``, ``pgtrigger.Update``, ``pgtrigger.Delete`` or
             a union of them, e.g. ``pgtrigger.Insert | pgtrigger.Update``.
         condition: Any pgtrigger condition, e.g. ``pgtrigger.AnyChange('name')``.
-        **options: As for :func:`listener`.
+        **options: As for ``listener``.
     """
     resolved = _channel_of_kind(channel, channels.TriggerChannel, "trigger_listener")
     if trigger is not None:

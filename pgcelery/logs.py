@@ -25,7 +25,7 @@ def fields(**values: Any) -> dict[str, Any]:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time (UTC, ISO 8601), level, logger, message, the
-    fields of :data:`FIELDS` that apply, and the exception's traceback if any."""
+    fields of ``FIELDS`` that apply, and the exception's traceback if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

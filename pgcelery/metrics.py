@@ -1,7 +1,7 @@
 """What the bridge tells about itself over HTTP: Prometheus metrics and a health probe.
 
 The counters are kept by the bridge as it publishes. The backlog (pending rows, the oldest
-one's age, failed rows) is read from the databases every :data:`BACKLOG_INTERVAL` seconds
+one's age, failed rows) is read from the databases every ``BACKLOG_INTERVAL`` seconds
 by the bridge's loop, never per batch nor per scrape, so a scrape costs PostgreSQL nothing.
 Whether the databases and the broker are up, and when the loop last turned, is read from
 the bridge when asked. The server runs in a thread of its own; it never touches a database
@@ -88,7 +88,7 @@ class Metrics:
                  address: str, port: int) -> None:
         self.registry = CollectorRegistry()
         self.state = state
-        #: Where :meth:`serve` serves them.
+        #: Where ``serve`` serves them.
         self.address, self.port = address, port
         self._published = Counter(
             "pgcelery_published", "Notifications published to the broker, by listener task.",

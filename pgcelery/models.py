@@ -4,7 +4,7 @@ from django.db import models
 
 
 class Notification(models.Model):
-    """A notification recorded by a trigger or :func:`pgcelery.notify`, not yet published;
+    """A notification recorded by a trigger or ``pgcelery.notify``, not yet published;
     or a chunk of them, for the rows of one bulk write.
 
     The bridge deletes the row once the broker accepted its tasks; a notification it

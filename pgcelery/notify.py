@@ -34,7 +34,7 @@ def notify(channel: channels.ChannelRef, *, using: str | None = None, **kwargs: 
 
 async def anotify(channel: channels.ChannelRef, *, using: str | None = None,
                   **kwargs: Any) -> None:
-    """:func:`notify` for async code: checks the fields at once, then records the
+    """``notify`` for async code: checks the fields at once, then records the
     notification as Django's async ORM writes (see the module's docstring)."""
     await sync_to_async(_record)(using, _notification(channel, kwargs))
 
@@ -80,7 +80,7 @@ def set_notification_context(context: dict[str, Any], using: str | None = None) 
 
 
 async def aset_notification_context(context: dict[str, Any], using: str | None = None) -> None:
-    """:func:`set_notification_context` for async code: checks the context at once, then
+    """``set_notification_context`` for async code: checks the context at once, then
     sets it in the transaction of ``using`` on Django's database thread, which a
     ``sync_to_async`` block has opened with ``transaction.atomic()``."""
     await sync_to_async(_set_context)(using or DEFAULT_DB_ALIAS, _encoded_context(context))

@@ -162,7 +162,7 @@ def _encode_key(key: Any, tp: Any) -> str:
 
 
 def decode(value: Any, tp: Any) -> Any:
-    """The inverse of :func:`encode`: stored JSON data back to the declared type ``tp``.
+    """The inverse of ``encode``: stored JSON data back to the declared type ``tp``.
 
     Raises:
         TypeError, ValueError: if the stored value cannot be of type ``tp``.

@@ -92,7 +92,7 @@ class Publisher:
     """Sends task messages on one broker connection, opened lazily and again after a failure.
 
     Publisher confirms are asked for (AMQP brokers honour them, Redis ignores the option),
-    so a send returns only once the broker has the message. Inside :meth:`batch`, a
+    so a send returns only once the broker has the message. Inside ``batch``, a
     transport that can pipeline (Redis) sends the messages together.
     """
 
@@ -106,7 +106,7 @@ class Publisher:
         self.reached_at = 0.0
 
     def publish(self, delivery: messages.Delivery, database: str) -> None:
-        """Sends (or, inside :meth:`batch`, buffers) the task message of ``delivery``.
+        """Sends (or, inside ``batch``, buffers) the task message of ``delivery``.
 
         Raises:
             BrokerUnavailable: if the broker cannot be reached.

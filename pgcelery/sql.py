@@ -62,7 +62,7 @@ NOTIFY = f"SELECT {NOTIFY_FUNCTION}(%s, %s, %s, %s::jsonb)"
 ADD_TO_CONTEXT = ("SELECT set_config('pgcelery.context', (coalesce(NULLIF(current_setting("
                   "'pgcelery.context', true), '')::jsonb, '{}'::jsonb) || %s::jsonb)::text, true)")
 
-#: :data:`NOTIFY` with the trace added to the context first, in one statement: outside
+#: ``NOTIFY`` with the trace added to the context first, in one statement: outside
 #: ``transaction.atomic()`` the statement is the transaction.
 NOTIFY_TRACED = (f"WITH traced AS MATERIALIZED ({ADD_TO_CONTEXT}) "
                  f"SELECT {NOTIFY_FUNCTION}(%s, %s, %s, %s::jsonb) FROM traced")
@@ -222,7 +222,7 @@ FROM {OUTBOX}
 GROUP BY channel
 """
 
-#: :data:`BACKLOG`, and the first $1 failures of each channel as a JSON array of
+#: ``BACKLOG``, and the first $1 failures of each channel as a JSON array of
 #: {"id", "reason", "listener", "task_id"}. One statement, so one snapshot: a failure
 #: committed meanwhile is in the counts and the list, or in neither.
 STATUS = f"""

@@ -58,7 +58,7 @@ def deliver(using: str | None = None, *, propagate: bool = True) -> Iterator[Non
 
 def deliver_pending(using: str | None = None, *, propagate: bool = True) -> int:
     """Delivers every notification pending on the database (as this connection sees it), as
-    :func:`deliver` does.
+    ``deliver`` does.
 
     Returns:
         How many notifications were delivered.

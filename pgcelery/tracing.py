@@ -1,7 +1,7 @@
 """The writer's trace, continued in the listener's task (OpenTelemetry, when installed).
 
 A notification recorded inside a span carries the span's W3C trace context (``traceparent``,
-``tracestate``, and baggage if any) in its notification context, under :data:`TRACE_KEY`:
+``tracestate``, and baggage if any) in its notification context, under ``TRACE_KEY``:
 the one value every writer of the outbox, ``notify()`` and each trigger alike, copies from
 the transaction. The bridge moves it into the task message's headers, where
 opentelemetry-instrumentation-celery finds the parent of the worker's span; the listener's

@@ -7,7 +7,7 @@ the model (through django-pgtrigger). Two things are pgcelery's to add:
   that ``migrate`` orders them without a hand edit;
 - the rendering of the trigger that the migrations already hold: a trigger an earlier
   release wrote stays as written while its listener is unchanged, so an upgrade needs no
-  new migration (see :class:`pgcelery.triggers.ListenerTrigger`).
+  new migration (see ``pgcelery.triggers.ListenerTrigger``).
 """
 
 from __future__ import annotations

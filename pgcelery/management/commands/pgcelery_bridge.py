@@ -71,7 +71,7 @@ class Command(BaseCommand):
 
 
 def _uninstalled_triggers(database: str) -> list[str]:
-    """What :func:`checks.uninstalled_listener_triggers` finds; nothing if the database is
+    """What ``checks.uninstalled_listener_triggers`` finds; nothing if the database is
     down (the bridge says so, and waits for it)."""
     try:
         return checks.uninstalled_listener_triggers(database)
