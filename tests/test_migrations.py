@@ -1,6 +1,7 @@
 """pgcelery's migrations: their SQL is frozen, and every way of migrating ends the same."""
 
 import hashlib
+import json
 import uuid
 
 import pytest
@@ -11,6 +12,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import RunSQL
 from django.test import override_settings
 
+from pgcelery import sql
 from pgcelery.checks import check_listener_triggers_migrated, check_trigger_migrations
 from tests import support
 from tests.testapp.models import Reading
@@ -27,6 +29,8 @@ FROZEN = {
         "9e0fdb24a1158b6476b34356252e28da9cf9c0b57bf332751061a5ac77148887",
     "0006_batches_and_row_functions":
         "5860500059662730043581311e0f30078f8ecf15510c25a7393a0273b40b31ab",
+    "0007_keep_pending_notifications":
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
 }
 
 #: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.
@@ -151,3 +155,28 @@ def test_a_released_trigger_migration_without_the_dependency_stops_nothing():
     with override_settings(MIGRATION_MODULES={"testapp": "tests.released_migrations"}):
         assert check_trigger_migrations() == []
         call_command("check", databases=["default"])
+
+
+def test_unmigrating_pgcelery_refuses_while_notifications_are_pending(fresh_databases):
+    """Instead of dropping them with the outbox (a notify() row), or failing half way."""
+    name = fresh_databases()
+    migrate(name)
+    url = support.database_url({**connection.settings_dict, "NAME": name})
+    other = type(connections["default"])({**connection.settings_dict, "NAME": name}, "default")
+    try:
+        with other.cursor() as cursor:
+            for text in ("one", "two"):
+                cursor.execute(sql.NOTIFY, ["tests.testapp.channels.Message",
+                                            "tests.testapp.channels.Message", "",
+                                            json.dumps({"text": text})])
+            cursor.execute("INSERT INTO testapp_writer (name, email) VALUES ('Ada', '')")
+            refused = support.manage("migrate", "pgcelery", "zero", DATABASE_URL=url)
+            assert refused.returncode == 1
+            assert "holds 3 pending notification(s)" in refused.stderr
+            cursor.execute("SELECT count(*) FROM pgcelery_notification")
+            assert cursor.fetchone() == (3,)
+            cursor.execute("DELETE FROM pgcelery_notification")
+    finally:
+        other.close()
+    migrate(name, "pgcelery", "zero")
+    assert not [row for row in schema(name) if row[1].startswith("pgcelery_notification")]
