@@ -55,7 +55,7 @@ test-psycopg: install
 	PGCELERY_TEST_DRIVER=psycopg $(SERVICES) \
 		$(BIN)/python -m pytest $(BROKER_TESTS) tests/test_faults.py tests/test_notify.py \
 			tests/test_redelivery.py tests/test_pgbouncer.py tests/test_hung_peers.py \
-			tests/test_tracing.py tests/test_metrics.py
+			tests/test_tracing.py tests/test_metrics.py tests/test_schema.py tests/test_testing.py
 
 test-rabbitmq: install
 	@if $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 1)" \

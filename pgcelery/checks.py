@@ -14,7 +14,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, models, router, transaction
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.migrations.loader import MigrationLoader
 from pgtrigger import features
 
@@ -61,6 +61,37 @@ def check_trigger_migrations(app_configs: Any = None, **kwargs: Any) -> list[che
                 ))
                 break
     return errors
+
+
+@checks.register(checks.Tags.database)
+def check_functions_schema(app_configs: Any = None, databases: Any = None,
+                           **kwargs: Any) -> list[checks.CheckMessage]:
+    """pgcelery's functions out of pg_catalog, where earlier releases' migrations created
+    them when a superuser migrated: ``pg_dump`` leaves pg_catalog out, so a restored backup
+    has triggers calling functions that do not exist. Tagged ``database``: ``migrate`` and
+    ``check --database`` run it."""
+    warnings: list[checks.CheckMessage] = []
+    for alias in databases or []:
+        if (connections[alias].vendor != "postgresql"
+                or not router.allow_migrate_model(alias, Notification)):
+            continue
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(sql.FUNCTIONS_IN_PG_CATALOG)
+                found = [row[0] for row in cursor.fetchall()]
+        except DatabaseError:  # unreachable: migrate says so itself
+            continue
+        if found:
+            warnings.append(checks.Warning(
+                f"Database {alias!r} has pgcelery's functions in pg_catalog "
+                f"({', '.join(found)}): pg_dump leaves them out, so a restored backup "
+                "records no notification.",
+                hint="Run `python manage.py migrate pgcelery`: migration 0008 moves them "
+                     "into the outbox's schema.",
+                obj=alias,
+                id="pgcelery.W006",
+            ))
+    return warnings
 
 
 @checks.register()

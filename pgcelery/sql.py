@@ -98,6 +98,14 @@ WHERE CASE WHEN to_regclass(needed.name) IS NULL THEN true
            ELSE NOT has_table_privilege(to_regclass(needed.name), needed.privilege) END
 """
 
+#: pgcelery's functions that earlier releases' migrations created in pg_catalog, which
+#: ``pg_dump`` leaves out (migration 0008 moves them). Run without parameters.
+FUNCTIONS_IN_PG_CATALOG = r"""
+SELECT p.oid::regprocedure::text FROM pg_proc AS p
+WHERE p.proname LIKE 'pgcelery\_%' AND p.pronamespace = 'pg_catalog'::regnamespace
+ORDER BY 1
+"""
+
 #: Finds out whether a connection is still there.
 PING = "SELECT 1"
 

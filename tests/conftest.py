@@ -1,5 +1,8 @@
+import uuid
+
 import pytest
 from celery import current_app
+from django.db import connection
 
 from pgcelery.bridge import Bridge
 from tests import support
@@ -75,6 +78,26 @@ def spawn(log_dir):
     yield Spawn
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def fresh_databases(transactional_db):
+    """Creates empty databases on the server, owned by ``owner`` (the test's user when
+    None); drops them after the test."""
+    created: list[str] = []
+
+    def create(owner: str | None = None) -> str:
+        name = f"pgcelery_fresh_{uuid.uuid4().hex[:8]}"
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"'
+                           + (f' OWNER "{owner}"' if owner else ""))
+        created.append(name)
+        return name
+
+    yield create
+    with connection.cursor() as cursor:
+        for name in created:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

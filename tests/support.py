@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,6 +62,18 @@ def isolated_broker_url(redis_database: int) -> str:
     """The broker, on a Redis database of its own so no other test's worker takes its tasks."""
     url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
     return re.sub(r"/\d*$", f"/{redis_database}", url) if url.startswith("redis://") else url
+
+
+def released_pgcelery(commit: str, directory: Path) -> Path:
+    """``directory`` holding pgcelery's package as it was at ``commit`` (a release), to put
+    first on a subprocess's PYTHONPATH."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "pgcelery"],
+                             check=True, capture_output=True, timeout=60).stdout
+    directory.mkdir(exist_ok=True)
+    (directory / "release.tar").write_bytes(archive)
+    with tarfile.open(directory / "release.tar") as unpacked:
+        unpacked.extractall(directory, filter="data")
+    return directory
 
 
 def trigger_of(listener: str) -> str:

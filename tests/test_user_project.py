@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -119,14 +118,8 @@ class Project:
 
 
 @pytest.fixture
-def database(transactional_db):
-    name = f"pgcelery_user_{os.getpid()}"
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with connection.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def database(fresh_databases):
+    return fresh_databases()
 
 
 def stop(processes: list[support.Process]) -> None:
@@ -149,24 +142,14 @@ def test_the_quickstart_project_runs_with_no_hand_edit(tmp_path, database, log_d
         stop(processes)
 
 
-def earlier_release(directory: Path) -> Path:
-    """pgcelery's package as it was in the earlier release."""
-    archive = subprocess.run(["git", "-C", str(support.ROOT), "archive", EARLIER_RELEASE,
-                              "pgcelery"], check=True, capture_output=True, timeout=60).stdout
-    directory.mkdir()
-    (directory / "release.tar").write_bytes(archive)
-    with tarfile.open(directory / "release.tar") as unpacked:
-        unpacked.extractall(directory, filter="data")
-    return directory
-
-
 BULK_ORDERS = ("from shop.models import Order; Order.objects.bulk_create("
                "[Order(customer=f'c{n}@example.com', total=n) for n in range(3)])")
 
 
 def test_an_upgrade_from_an_earlier_release_delivers_what_was_pending_once(
         tmp_path, database, log_dir):
-    old = Project(tmp_path / "shop", database, old_pgcelery=earlier_release(tmp_path / "old"))
+    old = Project(tmp_path / "shop", database, old_pgcelery=support.released_pgcelery(
+        EARLIER_RELEASE, tmp_path / "old"))
     old.build()
     assert str(tmp_path / "old") in old.shell("import pgcelery; print(pgcelery.__file__)")
     old.manage("makemigrations", "shop")

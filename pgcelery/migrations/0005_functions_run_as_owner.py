@@ -2,21 +2,25 @@
 
 Writers (triggers, ``notify()``) and workers (failed deliveries, ``atomic=True`` task ids,
 finished deliveries) then need no privilege on pgcelery's tables, only EXECUTE on these
-functions. Each runs with a fixed search_path: pg_catalog, the schema pgcelery was migrated
-into, and pg_temp last, so no object a caller creates can stand in for pgcelery's.
+functions. Each runs with a fixed search_path: the schema pgcelery was migrated into, and
+pg_temp last (PostgreSQL searches pg_catalog before both, as it is not named), so no object
+a caller creates can stand in for pgcelery's or for a built-in.
 
-Frozen: the SQL below is what this migration installs, for good.
+Frozen: the SQL below is what this migration installs, for good. (One fix was made to it:
+its search_path named pg_catalog first, which also made pg_catalog the schema the
+functions were created in; migration 0008 moves those out.)
 """
 
 from django.db import migrations
 
 #: For the statements after it, in this migration's transaction only: what ``SET
-#: search_path FROM CURRENT`` fixes for each function. The schema is the outbox's.
+#: search_path FROM CURRENT`` fixes for each function, and where they are created. The
+#: schema is the outbox's.
 FIX_SEARCH_PATH = """
 SELECT set_config(
     'search_path',
-    'pg_catalog, ' || (SELECT relnamespace::regnamespace::text FROM pg_class
-                       WHERE oid = 'pgcelery_notification'::regclass) || ', pg_temp',
+    (SELECT relnamespace::regnamespace::text FROM pg_class
+     WHERE oid = 'pgcelery_notification'::regclass) || ', pg_temp',
     true
 );
 """
