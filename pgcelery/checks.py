@@ -112,8 +112,8 @@ def check_listener_triggers_migrated(app_configs: Any = None,
     warnings: list[checks.CheckMessage] = []
     for model, trigger in _listener_triggers():
         app_label, model_name = model._meta.app_label, model._meta.model_name
-        if app_label in loader.unmigrated_apps:
-            continue
+        if app_label in loader.unmigrated_apps or not model._meta.managed:
+            continue  # no migration installs them: the bridge checks the database at start
         migrated = state.models.get((app_label, model_name))
         with trigger_migrations.compiled_against(state):
             # pgtrigger annotates the model class it takes as a model instance.
@@ -143,12 +143,23 @@ def uninstalled_listener_triggers(database: str) -> list[str]:
     return [
         f"Database {database!r}: the trigger {trigger.name!r} of a listener on "
         f"{model._meta.label} is not installed, so the writes it watches are not recorded. "
-        f"Run `python manage.py makemigrations {model._meta.app_label}`, then `migrate`."
+        + _how_to_install(model, trigger)
         for model, trigger in _listener_triggers()
         if router.allow_migrate_model(database, model)
         # pgtrigger annotates the model class it takes as a model instance.
         and (model._meta.db_table, trigger.get_pgid(model)) not in installed  # type: ignore[arg-type]
     ]
+
+
+def _how_to_install(model: type[models.Model], trigger: pgtrigger.Trigger) -> str:
+    if model._meta.managed:
+        return (f"Run `python manage.py makemigrations {model._meta.app_label}`, then "
+                "`migrate`.")
+    uri = f"{model._meta.label}:{trigger.name}"
+    return ("Django migrates nothing of a model with managed = False: install it in a "
+            "migration of your own, once its table exists, with `migrations.RunPython(lambda "
+            f"apps, schema_editor: pgtrigger.install({uri!r}, "
+            "database=schema_editor.connection.alias))`.")
 
 
 def _listener_triggers() -> Iterator[tuple[type[models.Model], pgtrigger.Trigger]]:

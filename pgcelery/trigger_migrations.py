@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.management.commands import makemigrations, migrate
-from django.db.migrations import Migration
+from django.db.migrations import AlterModelTable, Migration
 from django.db.migrations.state import ProjectState
 from pgtrigger import compiler
 from pgtrigger.migrations import AddTrigger
@@ -78,6 +78,29 @@ def _add_pgcelery_dependencies(migration: Migration) -> None:
     dependencies.extend(sorted(needed - set(dependencies)))
 
 
+def _leave_out_unmanaged_triggers(state: ProjectState) -> None:
+    """Django migrates nothing of a ``managed = False`` model but its state, and so neither
+    does django-pgtrigger: its triggers, left in the model's options, could not even be
+    written into a migration. pgcelery.W007 says how to install them."""
+    for model_state in state.models.values():
+        if not model_state.options.get("managed", True):
+            model_state.options.pop("triggers", None)
+
+
+def _add_triggers_after_table_renames(migration: Migration) -> None:
+    """Moves the triggers added to a model whose table the migration renames after the
+    rename: the autodetector puts them first, on a table that does not exist yet."""
+    operations: list[Any] = migration.operations  # type: ignore[assignment]
+    renamed = {operation.name_lower for operation in operations
+               if isinstance(operation, AlterModelTable)}
+    moved = [operation for operation in operations if isinstance(operation, AddTrigger)
+             and operation.model_name_lower in renamed]
+    if moved:
+        kept = [operation for operation in operations
+                if not any(operation is found for found in moved)]
+        operations[:] = [*kept, *moved]
+
+
 class AutodetectorMixin:
     """Adds what pgcelery's triggers need to the migrations the autodetector writes.
 
@@ -87,17 +110,20 @@ class AutodetectorMixin:
     """
 
     from_state: ProjectState
+    to_state: ProjectState
     migrations: dict[str, list[Migration]]
 
     def _detect_changes(self, *args: Any, **kwargs: Any) -> Any:
+        _leave_out_unmanaged_triggers(self.to_state)
         with compiled_against(self.from_state):
             return super()._detect_changes(*args, **kwargs)  # type: ignore[misc]
 
     def _build_migration_list(self, *args: Any, **kwargs: Any) -> None:
         super()._build_migration_list(*args, **kwargs)  # type: ignore[misc]
         for app_label, migrations in self.migrations.items():
-            if app_label != PGCELERY:
-                for migration in migrations:
+            for migration in migrations:
+                _add_triggers_after_table_renames(migration)
+                if app_label != PGCELERY:
                     _add_pgcelery_dependencies(migration)
 
 

@@ -174,3 +174,69 @@ def test_an_upgrade_from_an_earlier_release_delivers_what_was_pending_once(
     assert sorted(emails) == sorted([*quickstart_emails(), "Order 2 confirmed: 0.00",
                                      "Order 3 confirmed: 1.00", "Order 4 confirmed: 2.00"])
     assert emails_after[:5] == emails and emails_after[5] == "Order 5 confirmed: 1.00"
+
+
+def deliver_pending_emails(project: Project, write: str) -> str:
+    """Runs ``write`` in the project's shell, then delivers what is pending in process."""
+    return project.shell(
+        f"import pgcelery.testing\nfrom shop.models import Email, Order\n{write}\n"
+        "print(pgcelery.testing.deliver_pending(), "
+        "[email.subject for email in Email.objects.order_by('pk')])")
+
+
+def test_a_renamed_table_gets_its_trigger_after_the_rename(tmp_path, database):
+    project = Project(tmp_path / "shop", database)
+    project.build()
+    project.manage("makemigrations", "shop")
+    project.manage("migrate")
+    models = project.directory / "shop" / "models.py"
+    models.write_text(models.read_text().replace(
+        "    total = models.DecimalField(max_digits=10, decimal_places=2)\n",
+        "    total = models.DecimalField(max_digits=10, decimal_places=2)\n\n"
+        "    class Meta:\n        db_table = 'shop_orders'\n", 1))
+    project.manage("makemigrations", "shop")
+    project.manage("migrate")
+    project.manage("makemigrations", "--check", "--dry-run")
+    written = deliver_pending_emails(
+        project, "Order.objects.create(customer='ada@example.com', total=3)")
+    assert written == "1 ['Order 1 confirmed: 3.00']"
+
+
+UNMANAGED = {
+    "shop/models.py": (
+        "\n\nclass Legacy(models.Model):\n    name = models.CharField(max_length=50)\n\n"
+        "    class Meta:\n        managed = False\n        db_table = 'legacy_names'\n"),
+    "shop/channels.py": (
+        "\n\nfrom shop.models import Legacy\n\n\n@dataclass\n"
+        "class LegacyChannel(TriggerChannel):\n    model = Legacy\n"),
+    "shop/listeners.py": (
+        "\n\nfrom shop.channels import LegacyChannel\n\n\n"
+        "@pgcelery.post_insert_listener(LegacyChannel)\ndef legacy_added(old, new):\n"
+        "    Email.objects.create(to='admin@example.com', subject=f'legacy {new.name}')\n"),
+}
+
+
+def test_a_listener_on_an_unmanaged_model_migrates_and_the_bridge_says_how_to_install_it(
+        tmp_path, database):
+    project = Project(tmp_path / "shop", database)
+    project.build()
+    for path, code in UNMANAGED.items():
+        with open(project.directory / path, "a") as written:
+            written.write(code)
+    project.manage("makemigrations", "shop")
+    project.manage("migrate")
+    project.manage("makemigrations", "--check", "--dry-run")
+    assert "no issues" in project.manage("check").stdout
+    reasons = project.shell(
+        "from django.db import connection\n"
+        "connection.cursor().execute('CREATE TABLE legacy_names (id bigserial PRIMARY KEY, "
+        "name varchar(50))')\n"
+        "from pgcelery import checks\nprint(checks.uninstalled_listener_triggers('default'))")
+    [hint] = re.findall(r"`(migrations\.RunPython\(.*?\))`", reasons)
+    assert "Django migrates nothing of a model with managed = False" in reasons
+    install = re.fullmatch(r"migrations\.RunPython\(lambda apps, schema_editor: (.*)\)",
+                           hint).group(1).replace("schema_editor.connection.alias", "'default'")
+    written = deliver_pending_emails(
+        project, f"import pgtrigger\n{install}\nfrom shop.models import Legacy\n"
+                 "Legacy.objects.create(name='ada')")
+    assert written == "1 ['legacy ada']"
