@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, Task
 from celery import _state as celery_state
 from celery.utils.nodenames import anon_nodename
-from kombu import serialization
+from kombu import Exchange, serialization
 from kombu.entity import maybe_delivery_mode
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
@@ -119,6 +119,40 @@ def send_message(app: Celery, producer: Any, name: str, message: Any, **options:
     Assumes ``app.amqp.send_task_message(producer, name, message, retry=, declare=, **route)``.
     """
     app.amqp.send_task_message(producer, name, message, retry=False, declare=[], **options)
+
+
+#: The exchange ``Celery.send_task`` publishes a delayed message to, for RabbitMQ's native
+#: delayed delivery (Celery >= 5.5, quorum queues).
+NATIVE_DELAYED_EXCHANGE = "celery_delayed_27"
+
+
+def native_delayed_options(app: Celery, driver_type: str, options: dict[str, Any],
+                           countdown: float) -> dict[str, Any] | None:
+    """The routed send options of a message ``countdown`` seconds ahead, rewritten as
+    ``send_task`` rewrites them to go through RabbitMQ's native delayed delivery; None
+    where it would not (Celery < 5.5, no quorum queue, another broker, a direct exchange).
+
+    Assumes ``celery.utils.quorum_queues.detect_quorum_queues(app, driver_type)``,
+    ``kombu.transport.native_delayed_delivery.calculate_routing_key(countdown, key)`` and
+    the topic exchange :data:`NATIVE_DELAYED_EXCHANGE`, used as ``Celery.send_task`` uses
+    them: the queue option dropped, the exchange and routing key replaced.
+    """
+    try:
+        from celery.utils.quorum_queues import detect_quorum_queues
+        from kombu.transport.native_delayed_delivery import calculate_routing_key
+    except ImportError:  # Celery < 5.5: no native delayed delivery
+        return None
+    if not detect_quorum_queues(app, driver_type)[0]:
+        return None
+    queue = options.get("queue")
+    exchange_type = queue.exchange.type if queue is not None else options.get("exchange_type")
+    if exchange_type == "direct":
+        return None
+    routing_key = queue.routing_key if queue is not None else options["routing_key"]
+    delayed = {key: value for key, value in options.items() if key != "queue"}
+    delayed.update(routing_key=calculate_routing_key(int(countdown), routing_key),
+                   exchange=Exchange(NATIVE_DELAYED_EXCHANGE, type="topic"))
+    return delayed
 
 
 # -- kombu's Redis transport ---------------------------------------------------------------

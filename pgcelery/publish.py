@@ -210,6 +210,12 @@ class Publisher:
             options["expiration"] = max(expires, 0)
         options = self.app.amqp.router.route(
             options, listener.task_name, (), {}, task)  # type: ignore[arg-type]
+        countdown = message_options.get("countdown")
+        if isinstance(countdown, (int, float)) and countdown >= 1:  # else Celery refuses it
+            self._open()
+            driver_type = typing.cast(Connection, self._connection).transport.driver_type
+            options = celery_internals.native_delayed_options(
+                self.app, driver_type, options, countdown) or options
         queue = options.get("queue")
         if queue is not None and not queue.no_declare:
             # A broadcast queue is each consumer's own: a queue declared here would keep a
