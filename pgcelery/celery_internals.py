@@ -69,6 +69,16 @@ def replace_run(task: Task, run: Callable[..., Any]) -> None:
     task.run = run  # type: ignore[method-assign]
 
 
+def replace_apply_async(task: Task, apply_async: Callable[..., Any]) -> None:
+    """Makes ``apply_async`` what ``task.delay()``, ``task.apply_async()`` and the task's
+    signatures send through.
+
+    Assumes ``Task.delay`` calls ``self.apply_async`` and ``Signature.apply_async`` calls
+    the task instance's ``apply_async``, so an attribute of the instance overrides both.
+    """
+    task.apply_async = apply_async  # type: ignore[method-assign]
+
+
 def skip_argument_check(task: Task, skip: Callable[[dict[str, Any]], bool]) -> None:
     """Lets ``apply_async`` send keyword arguments for which ``skip(kwargs)`` holds unchecked.
 

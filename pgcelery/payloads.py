@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.base import DEFERRED
@@ -282,6 +283,39 @@ def load(text: str) -> Any:
 def dump(value: Any) -> str:
     """Serialises a payload for storage."""
     return json.dumps(value, separators=(",", ":"))
+
+
+#: Marks a model instance that ``.delay()`` or ``.apply_async()`` sent a listener's task:
+#: ``{ROW_MARK: "app_label.Model", "row": {column: value}}``, the row as the trigger would
+#: have recorded it, so a JSON message can carry it.
+ROW_MARK = "pgcelery.row"
+
+
+def marked_row(value: Any) -> Any:
+    """``value``, or, for a model instance, its marked row (its deferred fields left out)."""
+    if not isinstance(value, models.Model):
+        return value
+    deferred = value.get_deferred_fields()
+    row = {field.column: _column_text(field, value) for field in value._meta.concrete_fields
+           if field.column and field.attname not in deferred}
+    return {ROW_MARK: value._meta.label, "row": row}
+
+
+def unmarked_row(value: Any) -> Any:
+    """``value``, or, for a marked row, the unsaved model instance it was made from."""
+    if not (isinstance(value, dict) and ROW_MARK in value):
+        return value
+    return build_instance(apps.get_model(value[ROW_MARK]), value["row"])
+
+
+def _column_text(field: models.Field, instance: models.Model) -> Any:
+    """The field's value as ``to_jsonb`` writes its column, for :func:`_column_value`."""
+    value = field.value_from_object(instance)
+    if value is None or isinstance(field, models.JSONField):
+        return value
+    if isinstance(field, models.BinaryField):
+        return "\\x" + bytes(value).hex()
+    return field.value_to_string(instance)
 
 
 def build_instance(model: type[models.Model], row: Mapping[str, Any] | None,

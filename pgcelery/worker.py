@@ -24,7 +24,7 @@ from celery.exceptions import Ignore, Retry
 from celery.local import Proxy
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 
-from pgcelery import celery_internals, messages, registry, sql
+from pgcelery import celery_internals, messages, payloads, registry, sql
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ def adopt(target: Task | Proxy) -> Task:
     def run(*args: Any, **kwargs: Any) -> Any:
         envelope = kwargs.pop(messages.ENVELOPE, None)
         if envelope is None:  # .delay(), .apply_async(), .apply(): atomic as the listener is
-            call: Callable[[], Any] = functools.partial(original, *args, **kwargs)
+            call: Callable[[], Any] = functools.partial(
+                original, *map(payloads.unmarked_row, args),
+                **{key: payloads.unmarked_row(value) for key, value in kwargs.items()})
             atomic = registry.is_atomic(task.name)
             database = DEFAULT_DB_ALIAS
         else:
@@ -66,11 +68,26 @@ def adopt(target: Task | Proxy) -> Task:
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
     celery_internals.replace_run(task, run)
+    celery_internals.replace_apply_async(task, _sending_rows(task.apply_async))
     # A retry re-sends the request's own arguments: for a notification, the envelope alone,
     # which the task's signature check (``typing=True``) would refuse.
     celery_internals.skip_argument_check(task, lambda kwargs: messages.ENVELOPE in kwargs)
     task._pgcelery_adopted = True  # type: ignore[attr-defined]
     return task
+
+
+def _sending_rows(apply_async: Callable[..., Any]) -> Callable[..., Any]:
+    """``apply_async`` (and so ``delay``) sending model instances as their rows, which a
+    JSON message can carry: a trigger listener's ``old``/``new``, as the trigger sends them."""
+
+    @functools.wraps(apply_async)
+    def sending_rows(args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        args = None if args is None else [payloads.marked_row(value) for value in args]
+        kwargs = (None if kwargs is None
+                  else {key: payloads.marked_row(value) for key, value in kwargs.items()})
+        return apply_async(args, kwargs, *rest, **options)
+
+    return sending_rows
 
 
 @dataclasses.dataclass

@@ -30,6 +30,20 @@ def test_the_tracer_calls_the_replaced_run(app):
     assert double.apply(kwargs={"n": 2}).get() == ("replaced", 4)
 
 
+def test_delay_and_signatures_send_through_the_replaced_apply_async(app):
+    @app.task
+    def noop(n: int) -> int:
+        return n
+
+    sent = []
+    celery_internals.replace_apply_async(
+        noop, lambda args=None, kwargs=None, **options: sent.append((args, kwargs)))
+    noop.delay(1)
+    noop.s(2).apply_async()
+    noop.si(3).delay()
+    assert [tuple(args) for args, _ in sent] == [(1,), (2,), (3,)]
+
+
 def test_apply_async_checks_arguments_through_the_header_unless_skipped(app):
     @app.task(typing=True)
     def takes_n(n: int) -> int:

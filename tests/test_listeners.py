@@ -9,8 +9,14 @@ from pgcelery import messages, registry, worker
 from pgcelery.models import Notification, TaskRecord
 from tests import support
 from tests.testapp.channels import Counted, Message, Routed, WriterChannel
-from tests.testapp.listeners import count_once, message_received, outcome_fails, routed
-from tests.testapp.models import Event
+from tests.testapp.listeners import (
+    count_once,
+    message_received,
+    outcome_fails,
+    routed,
+    writer_inserted,
+)
+from tests.testapp.models import Event, Writer
 
 
 def test_a_decorated_function_becomes_a_registered_celery_task():
@@ -164,3 +170,20 @@ def test_a_failed_delivery_that_cannot_be_recorded_is_logged_whole(caplog):
         "[t-lost] (notification 7 on tests.testapp.channels.Outcome, failed with "
         "RuntimeError: boom) in database 'other'")
     assert logged.getMessage().endswith('its payload was {"n": 1}')
+
+
+@pytest.mark.django_db
+def test_delay_sends_a_trigger_listeners_model_instances_as_their_rows():
+    """As any Celery task: ``.delay(None, instance)`` makes a JSON message, and the task
+    receives the instance rebuilt from its row, as from the trigger."""
+    support.purge_queues()
+    writer = Writer(pk=41, name="Ada", email="ada@example.com")
+    writer_inserted.delay(None, new=writer)
+    [message] = support.take_messages("celery")
+    args, kwargs, _ = message.decode()
+    assert kwargs["new"]["row"] == {"id": "41", "name": "Ada", "email": "ada@example.com"}
+    writer_inserted.apply(args=args, kwargs=kwargs)
+    [seen] = Event.objects.filter(listener="writer_inserted").values_list("data", flat=True)
+    assert seen["old"] is None
+    assert seen["new"] == {"type": "Writer", "adding": True, "fields": {
+        "id": "41", "name": "'Ada'", "email": "'ada@example.com'"}}
