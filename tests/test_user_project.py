@@ -21,6 +21,7 @@ from tests import support
 pytestmark = pytest.mark.e2e
 
 QUICKSTART = support.ROOT / "docs" / "quickstart.md"
+TESTING = support.ROOT / "docs" / "how-to" / "testing.md"
 #: A release whose users' migrations must migrate cleanly on this one.
 EARLIER_RELEASE = "5000ae3"
 _BLOCK = re.compile(r'```(\w*)(?: title="([^"]+)")?\n(.*?)```', re.S)
@@ -28,9 +29,13 @@ _SHELL = "python manage.py shell"
 _APPENDED = " (at the end)"
 
 
+def page_blocks(page: Path) -> list[tuple[str, str]]:
+    """A docs page's code blocks that have a title: (file path or command, code)."""
+    return [(title, code) for _, title, code in _BLOCK.findall(page.read_text()) if title]
+
+
 def quickstart_files() -> dict[str, str]:
-    """The page's code blocks that have a title: file path (or command) → code."""
-    return {title: code for _, title, code in _BLOCK.findall(QUICKSTART.read_text()) if title}
+    return dict(page_blocks(QUICKSTART))
 
 
 def quickstart_emails() -> list[str]:
@@ -240,3 +245,17 @@ def test_a_listener_on_an_unmanaged_model_migrates_and_the_bridge_says_how_to_in
         project, f"import pgtrigger\n{install}\nfrom shop.models import Legacy\n"
                  "Legacy.objects.create(name='ada')")
     assert written == "1 ['legacy ada']"
+
+
+def test_the_testing_pages_tests_pass_in_the_quickstart_project(tmp_path, database):
+    """The page's shop/tests.py, run by Django's test runner and by pytest-django."""
+    project = Project(tmp_path / "shop", database)
+    project.build()
+    project.manage("makemigrations", "shop")
+    tests = "\n\n".join(code for title, code in page_blocks(TESTING) if title == "shop/tests.py")
+    (project.directory / "shop" / "tests.py").write_text(tests)
+    django_runner = project.manage("test", "shop", "--noinput")
+    assert re.search(r"^Ran 3 tests in .*\n\nOK", django_runner.stderr, re.M), django_runner.stderr
+    pytest_run = project.run("-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--ds=proj.settings", "shop/tests.py")
+    assert re.search(r"^4 passed", pytest_run.stdout, re.M), pytest_run.stdout
