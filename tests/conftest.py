@@ -3,6 +3,7 @@ import uuid
 import pytest
 from celery import current_app
 from django.db import connection
+from django.test import TransactionTestCase
 
 from pgcelery.bridge import Bridge
 from tests import support
@@ -22,7 +23,9 @@ def pytest_collection_modifyitems(items):
         fixtures = set(item.fixturenames)
         if fixtures & _SUBPROCESS_FIXTURES:
             item.add_marker(pytest.mark.e2e)
-        elif fixtures & _DATABASE_FIXTURES or item.get_closest_marker("django_db"):
+        elif (fixtures & _DATABASE_FIXTURES or item.get_closest_marker("django_db")
+              or issubclass(getattr(item, "cls", None) or object, TransactionTestCase)):
+            # Django's TestCase classes set up the test database without a fixture.
             item.add_marker(pytest.mark.integration)
         else:
             item.add_marker(pytest.mark.unit)
