@@ -11,6 +11,7 @@ import datetime
 import decimal
 import json
 import math
+import re
 import types
 import typing
 import uuid
@@ -357,11 +358,22 @@ def _read_columns(model: type[models.Model], row: Mapping[str, Any],
     return values
 
 
+#: What ``to_jsonb`` writes for a numeric that is not a number: Django reads them as
+#: Decimals from the database, though ``DecimalField.to_python`` refuses them.
+_NOT_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+#: A range as PostgreSQL writes it: bounds, each empty (unbounded), quoted or bare.
+_RANGE = re.compile(r'([\[(])("(?:[^"\\]|\\.|"")*"|[^,]*),("(?:[^"\\]|\\.|"")*"|[^\])]*)([\])])')
+
+
 def _column_value(field: models.Field, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(field, models.JSONField):
         return _floats(value)
+    if isinstance(field, models.DecimalField) and value in _NOT_FINITE:
+        return decimal.Decimal(value)
+    if hasattr(field, "range_type") and isinstance(value, str):
+        return _range(field, value)
     if isinstance(field, models.BinaryField):
         return bytes.fromhex(value[2:])  # bytea arrives as its '\x…' hex text
     if isinstance(field, models.FloatField):
@@ -371,6 +383,27 @@ def _column_value(field: models.Field, value: Any) -> Any:
         # As Django reads it from the database, whatever the writer's session time zone.
         return value.astimezone(datetime.timezone.utc)
     return value
+
+
+def _range(field: Any, text: str) -> Any:
+    """A range field's value from its text (``'[2020-01-01,2020-02-01)'``, ``'empty'``), as
+    ``to_jsonb`` writes a range column."""
+    if text == "empty":
+        return field.range_type(empty=True)
+    found = _RANGE.fullmatch(text)
+    if found is None:
+        raise ValueError(f"{text!r:.200} is not a range")
+    opening, lower, upper, closing = found.groups()
+    return field.range_type(_range_bound(field, lower), _range_bound(field, upper),
+                            opening + closing)
+
+
+def _range_bound(field: Any, text: str) -> Any:
+    if text == "":
+        return None  # unbounded
+    if text.startswith('"'):
+        text = re.sub(r'\\(.)|""', lambda escaped: escaped.group(1) or '"', text[1:-1])
+    return _column_value(field.base_field, text)
 
 
 def _floats(value: Any) -> Any:

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from django.db import connection, transaction
+from django.db.backends.postgresql.psycopg_any import DateRange, DateTimeTZRange
 from django.test import Client
 
 import pgcelery
@@ -14,7 +15,7 @@ from pgcelery.models import Notification
 from tests import support
 from tests.testapp.channels import Broadcasted, Everything
 from tests.testapp.listeners import described, summary
-from tests.testapp.models import Account, Event, Legacy, Restaurant, Sample, Sku, Writer
+from tests.testapp.models import Account, Event, Legacy, Restaurant, Sample, Sku, Span, Writer
 
 pytestmark = pytest.mark.usefixtures("running")
 
@@ -140,6 +141,25 @@ def test_model_shapes_round_trip_as_unsaved_instances():
     for listener, instance in expectations.items():
         [event] = wait_for_events(listener, 1)
         assert event.data == {"old": None, "new": unsaved(instance)}, listener
+
+
+def test_ranges_and_numeric_nan_reach_the_listener():
+    """to_jsonb writes them as PostgreSQL's text, which the fields' to_python refuses."""
+    Span.objects.create(days=DateRange(datetime.date(2020, 1, 1), datetime.date(2020, 2, 1)),
+                        times=DateTimeTZRange(
+                            datetime.datetime(2020, 1, 1, 10, tzinfo=datetime.timezone.utc),
+                            None),
+                        counts=[1, 2])
+    with connection.cursor() as cursor:  # Django refuses to write a NaN; SQL does not
+        cursor.execute("INSERT INTO testapp_span (days, amount) VALUES ('empty', 'NaN')")
+    events = wait_for_events("span_inserted", 2)
+    assert [event.data for event in sorted(events, key=lambda event: event.pk)] == [
+        {"days": ["2020-01-01", "2020-02-01", True, False],
+         "times": ["2020-01-01 10:00:00+00:00", "None", True, False],
+         "amount": "None", "counts": [1, 2]},
+        {"days": "empty", "times": None, "amount": "NaN", "counts": None},
+    ]
+    assert not Notification.objects.filter(failed_at__isnull=False).exists()
 
 
 def test_update_with_condition_fires_only_when_the_column_changes():

@@ -5,7 +5,16 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple  # noqa: UP035 - Tuple[X] as pgpubsub users write it
 
 from pgcelery import Channel, TriggerChannel
-from tests.testapp.models import Account, Legacy, Reading, Restaurant, Sample, Sku, Writer
+from tests.testapp.models import (
+    Account,
+    Legacy,
+    Reading,
+    Restaurant,
+    Sample,
+    Sku,
+    Span,
+    Writer,
+)
 
 
 @dataclass
@@ -196,3 +205,8 @@ class Greeting(Channel):
     """Its listener lives in the app's tasks.py, where Celery's users keep their tasks."""
 
     name: str
+
+
+@dataclass
+class SpanChannel(TriggerChannel):
+    model = Span

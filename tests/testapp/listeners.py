@@ -42,6 +42,7 @@ from tests.testapp.channels import (
     SampleChannel,
     SkuChannel,
     Slow,
+    SpanChannel,
     Tally,
     WithContext,
     WriterChannel,
@@ -325,3 +326,17 @@ def broadcast_received(n: int):
 @pgcelery.listener(Reads)
 def reads_counted(model_id: int, model_type: str, date, tags, context):
     record("reads_counted", model_id=model_id, date=str(date), tags=list(tags), context=context)
+
+
+def range_of(value) -> list | str | None:
+    if value is None:
+        return None
+    if value.isempty:
+        return "empty"
+    return [str(value.lower), str(value.upper), value.lower_inc, value.upper_inc]
+
+
+@pgcelery.post_insert_listener(SpanChannel)
+def span_inserted(old, new):
+    record("span_inserted", days=range_of(new.days), times=range_of(new.times),
+           amount=str(new.amount), counts=new.counts)

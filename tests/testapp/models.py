@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField, DateRangeField, DateTimeRangeField
 from django.db import models
 
 
@@ -70,3 +71,13 @@ class Reading(models.Model):
 
     n = models.IntegerField()
     value = models.DecimalField(max_digits=12, decimal_places=3)
+
+
+class Span(models.Model):
+    """Columns whose to_jsonb is text that the fields' to_python does not read as such:
+    ranges (``'[2020-01-01,2020-02-01)'``, ``'empty'``) and numeric ``'NaN'``."""
+
+    days = DateRangeField(null=True)
+    times = DateTimeRangeField(null=True)
+    amount = models.DecimalField(max_digits=10, decimal_places=2, null=True)
+    counts = ArrayField(models.IntegerField(), null=True)
