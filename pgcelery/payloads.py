@@ -12,6 +12,7 @@ import decimal
 import json
 import math
 import re
+import sys
 import types
 import typing
 import uuid
@@ -223,6 +224,9 @@ def encode_fields(channel: type[channels.BaseChannel],
             payload[field_name] = encode(value, field.type)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{name}.{field_name}: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"{name}.{field_name}: the value is nested deeper than Python "
+                             "encodes (a cycle, or thousands of levels).") from None
     return payload
 
 
@@ -277,8 +281,17 @@ _DECODER = json.JSONDecoder(parse_float=decimal.Decimal)
 
 
 def load(text: str) -> Any:
-    """Parses stored JSON, keeping every number exact (``numeric`` columns stay Decimal)."""
-    return _DECODER.decode(text)
+    """Parses stored JSON, keeping every number exact (``numeric`` columns stay Decimal).
+
+    Raises:
+        ValueError: also for JSON nested deeper than Python's parser goes.
+    """
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError(
+            "the JSON is nested deeper than Python's JSON parser reads (about "
+            f"{sys.getrecursionlimit()} levels)") from None
 
 
 def dump(value: Any) -> str:
@@ -407,11 +420,17 @@ def _range_bound(field: Any, text: str) -> Any:
 
 
 def _floats(value: Any) -> Any:
-    """JSON column contents as json.loads would give them (floats, not Decimals)."""
+    """JSON column contents as json.loads would give them (floats, not Decimals), changed in
+    place, at any depth."""
     if isinstance(value, decimal.Decimal):
         return float(value)
-    if isinstance(value, list):
-        return [_floats(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _floats(item) for key, item in value.items()}
+    containers = [value] if isinstance(value, (list, dict)) else []
+    while containers:
+        container = containers.pop()
+        for key, item in (container.items() if isinstance(container, dict)
+                          else enumerate(container)):
+            if isinstance(item, decimal.Decimal):
+                container[key] = float(item)
+            elif isinstance(item, (list, dict)):
+                containers.append(item)
     return value

@@ -162,6 +162,32 @@ def test_ranges_and_numeric_nan_reach_the_listener():
     assert not Notification.objects.filter(failed_at__isnull=False).exists()
 
 
+def test_json_nested_deep_is_delivered_or_kept_as_failed_and_the_rest_flows():
+    """500 levels, as the ORM writes them, reach the listener; 5,000, which PostgreSQL
+    stores but Python's JSON parser cannot read, fail visibly instead of stopping the bridge."""
+    deep: dict = {}
+    level = deep
+    for _ in range(499):
+        level["a"] = level = {}
+    sample = Sample.objects.create(
+        when=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        day=datetime.date(2026, 1, 1), ratio=0.5, flag=True, doc=deep, blob=b"",
+        span=datetime.timedelta(0))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            'INSERT INTO testapp_sample ("when", day, ratio, token, flag, doc, blob, span) '
+            "VALUES (now(), current_date, 0, gen_random_uuid(), true, "
+            "(repeat('[', 5000) || repeat(']', 5000))::jsonb, '', '0')")
+    pgcelery.notify("tests.testapp.channels.Message", text="after the deep ones")
+    [message] = wait_for_events("message_received", 1)
+    assert message.data == {"text": "after the deep ones"}
+    [event] = wait_for_events("sample_inserted", 1)
+    assert event.data["new"] == unsaved(sample)
+    [failure] = Notification.objects.filter(failed_at__isnull=False).values_list(
+        "failure", flat=True)
+    assert failure.startswith("payload cannot be decoded: the JSON is nested deeper")
+
+
 def test_update_with_condition_fires_only_when_the_column_changes():
     writer = Writer.objects.create(name="before", email="a@example.com")
     wait_for_events("writer_inserted", 1)

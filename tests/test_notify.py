@@ -9,7 +9,7 @@ from django.test import override_settings
 import pgcelery
 from pgcelery.connector import connector_for
 from pgcelery.models import Notification
-from tests.testapp.channels import Message, WithContext
+from tests.testapp.channels import Loose, Message, WithContext
 from tests.testapp.models import Writer
 
 
@@ -99,3 +99,17 @@ def test_a_context_over_its_size_limit_is_refused_at_once():
             pgcelery.set_notification_context({"blob": "x" * (5 * 1024 * 1024)})
         with override_settings(PGCELERY_CONTEXT_MAX_BYTES=8 * 1024 * 1024):
             pgcelery.set_notification_context({"blob": "x" * (5 * 1024 * 1024)})
+
+
+@pytest.mark.django_db
+def test_a_value_nested_deeper_than_python_encodes_is_refused_at_once():
+    deep: dict = {}
+    level = deep
+    for _ in range(5000):
+        level["a"] = level = {}
+    looping: dict = {}
+    looping["self"] = looping
+    for data in (deep, looping):
+        with pytest.raises(ValueError, match="Loose.data: the value is nested deeper"):
+            pgcelery.notify(Loose, data=data)
+    assert outbox() == []

@@ -210,3 +210,10 @@ class Greeting(Channel):
 @dataclass
 class SpanChannel(TriggerChannel):
     model = Span
+
+
+@dataclass
+class Loose(Channel):
+    """A field of any JSON, nested as deep as the writer likes."""
+
+    data: dict
