@@ -252,18 +252,45 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
         return
     request = sender.request
     attempts = (request.retries if request.id == task_id else 0) + 1
-    reason = f"{type(exception).__name__}: {exception}"
+    _keep_failed_delivery(envelope, sender.name, task_id, attempts,
+                          f"{type(exception).__name__}: {exception}",
+                          reuse_connection=bool(request.is_eager))
+
+
+@signals.task_unknown.connect
+def record_unknown_listener(message: Any = None, name: str | None = None,
+                            id: str | None = None, **_: Any) -> None:
+    """Keeps a message for a listener this worker does not know (renamed or removed while
+    its messages waited in the broker) as a failed delivery of that listener: Celery
+    discards the message, and a retry publishes it again once the listener is back."""
+    try:
+        _args, kwargs, _embed = message.decode()
+    except (TypeError, ValueError):  # not a task message of Celery's protocol 2
+        return
+    envelope = kwargs.get(messages.ENVELOPE) if isinstance(kwargs, dict) else None
+    if envelope is None or name is None or id is None:
+        return
+    _keep_failed_delivery(envelope, name, id, 1,
+                          f"NotRegistered: the worker does not know listener {name}: deploy "
+                          "it, then retry the failed delivery, or discard it")
+
+
+def _keep_failed_delivery(envelope: dict[str, Any], task_name: str, task_id: str,
+                          attempts: int, reason: str, reuse_connection: bool = False) -> None:
+    """Records the envelope's notifications as one failed delivery of ``task_name`` in the
+    database they came from; ``reuse_connection`` for an eager run, whose connection is its
+    caller's."""
     database = envelope["database"]
     batch = "batch" in envelope
     rows = messages.envelope_rows(envelope)
     what = (f"a batch of {len(rows)} notification(s) from {rows[0].id}" if batch
             else f"notification {rows[0].id}")
     payload, context, side = messages.stored(rows, batch)
-    values = [envelope["channel"], envelope["trigger"], payload, context, reason, sender.name,
+    values = [envelope["channel"], envelope["trigger"], payload, context, reason, task_name,
               task_id, attempts, len(rows), side]
     try:
         connection = connections[database]
-        if not request.is_eager:  # an eager run's connection is its caller's
+        if not reuse_connection:
             connection.close_if_unusable_or_obsolete()  # the failure may have broken it
         with transaction.atomic(using=database), connection.cursor() as cursor:
             cursor.execute(sql.RECORD_FAILED_DELIVERY, values)
@@ -274,9 +301,9 @@ def record_failed_delivery(sender: Task | None = None, task_id: str | None = Non
             "Could not record the failed delivery of task %s[%s] (%s on %s, failed with %s) "
             "in database %r: %s. It is in this log and in the result backend only; its "
             "payload was %.2000s",
-            sender.name, task_id, what, envelope["channel"], reason, database, exc, values[2],
+            task_name, task_id, what, envelope["channel"], reason, database, exc, values[2],
         )
     else:
         logger.warning("Task %s[%s] failed for good after %d attempt(s): kept as a failed "
-                       "delivery of %s on %s.", sender.name, task_id, attempts, what,
+                       "delivery of %s on %s.", task_name, task_id, attempts, what,
                        envelope["channel"])

@@ -6,9 +6,10 @@ import celery
 import pytest
 
 import pgcelery
+from pgcelery.messages import ENVELOPE
 from pgcelery.models import Notification
 from tests import support
-from tests.testapp.channels import HardLimited, Limited, Outcome, Rejected
+from tests.testapp.channels import HardLimited, Limited, Message, Outcome, Rejected
 from tests.testapp.models import Event
 
 pytestmark = pytest.mark.usefixtures("running")
@@ -108,3 +109,20 @@ def test_a_listener_that_rejects_its_message_is_a_failed_delivery():
     [run] = events("rejected")
     assert (failed.listener, failed.task_id) == ("tests.testapp.listeners.rejected", run.task_id)
     assert failed.failure.startswith("Reject")
+
+
+def test_a_message_for_a_listener_the_worker_does_not_know_is_a_failed_delivery():
+    """As when a listener is renamed while its messages wait in the broker: the worker
+    discards them, and they are kept as failed deliveries of that listener instead."""
+    renamed = "tests.testapp.listeners.renamed_away"
+    envelope = {"channel": "tests.testapp.channels.Message", "trigger": "", "id": 1,
+                "payload": json.dumps({"text": "waited"}), "context": None,
+                "database": "default"}
+    celery.current_app.send_task(renamed, kwargs={ENVELOPE: envelope}, task_id="waited-1")
+    pgcelery.notify(Message, text="after it")
+    [failed] = wait_for_failed(1)
+    assert (failed.channel, failed.listener, failed.task_id, failed.payload) == (
+        "tests.testapp.channels.Message", renamed, "waited-1", {"text": "waited"})
+    assert failed.failure.startswith(f"NotRegistered: the worker does not know listener {renamed}")
+    assert [event.data for event in events("message_received")] == [{"text": "after it"}]
+    assert support.manage("pgcelery_status").returncode == 2
