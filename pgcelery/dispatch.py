@@ -51,6 +51,10 @@ def deliveries(rows: list[messages.Row], failed: list[Failure]) -> list[messages
 
 def targets(row: messages.Row) -> list[Listener] | str:
     """The listeners the row goes to; or why there are none it can be sent to."""
+    if row.payload == messages.UNREADABLE:
+        return ("malformed outbox row: it holds no notification pgcelery wrote (an empty or "
+                "unknown chunk, or a batch item without its id, position or uuid), as a role "
+                "calling pgcelery's writer functions with arguments of its own can store")
     listeners = registry.listeners_for(row.channel, row.trigger)
     if row.listener is not None:  # a failed delivery, retried: its listener only
         listeners = [found for found in listeners if found.task_name == row.listener]

@@ -81,10 +81,15 @@ class Delivery:
         return opened
 
 
+#: The payload of a claimed outbox row that holds no notification pgcelery can read.
+UNREADABLE = ""
+
+
 def claimed(found: Sequence[tuple[Any, ...]]) -> list[Row]:
     """The notifications of a claim's result rows (``sql.claim``)."""
-    return [Row(row_id, position, uuid.UUID(seed), *rest)
-            for row_id, position, seed, *rest, _ in found]
+    return [Row(row_id, position, uuid.UUID(seed), channel, trigger,
+                UNREADABLE if payload is None else payload, *rest)
+            for row_id, position, seed, channel, trigger, payload, *rest, _ in found]
 
 
 def task_id(row: Row, task_name: str, trigger: str) -> str:

@@ -79,8 +79,29 @@ _BATCH_ITEMS = """
 SELECT (item ->> 'id')::bigint AS id, item -> 'payload' AS payload,
        (item ->> 'position')::bigint AS position, (item ->> 'uuid')::uuid AS seed,
        NULLIF(item -> 'context', 'null'::jsonb) AS context, n
-FROM jsonb_array_elements(CASE WHEN {row}.side = 'batch' THEN {row}.payload END)
+FROM jsonb_array_elements(CASE WHEN {row}.side = 'batch' AND {readable} THEN {row}.payload END)
     WITH ORDINALITY AS items (item, n)
+"""
+
+#: Whether outbox row ``{row}`` is a chunk of a bulk write's rows that the claim can read.
+_CHUNK = ("({row}.side IN ('new', 'old') AND CASE WHEN jsonb_typeof({row}.payload) = 'array' "
+          "THEN jsonb_array_length({row}.payload) > 0 ELSE false END)")
+
+#: Whether outbox row ``o`` holds notifications the claim can read: a payload of one, a
+#: chunk's non-empty array of rows, or a stored batch whose items each have an id, a
+#: position and a uuid. pgcelery writes nothing else; a role calling its writer functions
+#: with arguments of its own can, and such a row is claimed as one notification with no
+#: payload, for the bridge to fail. (Braces doubled: the claim is formatted once more.)
+_READABLE = "(o.side IS NULL OR " + _CHUNK.format(row="o") + """
+ OR (o.side = 'batch' AND CASE WHEN jsonb_typeof(o.payload) = 'array'
+                                THEN jsonb_array_length(o.payload) > 0 ELSE false END
+     AND NOT EXISTS (
+         SELECT FROM jsonb_array_elements(o.payload) AS items (item)
+         WHERE jsonb_typeof(item) <> 'object'
+            OR coalesce(item ->> 'id' !~ '^[0-9]{{1,18}}$', true)
+            OR coalesce(item ->> 'position' !~ '^[0-9]{{1,18}}$', true)
+            OR coalesce(item ->> 'uuid' !~* ('^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-'
+                                             '[0-9a-f]{{4}}-[0-9a-f]{{12}}$'), true))))
 """
 
 #: What the bridge's role lacks of the privileges it needs: (object, privilege) for each,
@@ -152,14 +173,19 @@ SELECT o.id, n.position, n.seed::text, o.channel, o.trigger, n.payload::text, n.
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
 CROSS JOIN unsynced
+CROSS JOIN LATERAL (SELECT {_READABLE}) AS r (readable)
 CROSS JOIN LATERAL (
     SELECT o.payload, 0::bigint, {_SEED}, o.context, 0::bigint WHERE o.side IS NULL
     UNION ALL
     SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1, {_SEED}, o.context, ordinality
-    FROM jsonb_array_elements(CASE WHEN o.side IN ('new', 'old') THEN o.payload END)
+    FROM jsonb_array_elements(CASE WHEN o.side IN ('new', 'old') AND r.readable
+                                   THEN o.payload END)
         WITH ORDINALITY
     UNION ALL
-    SELECT payload, position, seed, context, n FROM ({_BATCH_ITEMS.format(row="o")}) AS items
+    SELECT payload, position, seed, context, n
+    FROM ({_BATCH_ITEMS.format(row="o", readable="r.readable")}) AS items
+    UNION ALL
+    SELECT NULL::jsonb, 0::bigint, {_SEED}, o.context, 0::bigint WHERE NOT r.readable
 ) AS n (payload, position, seed, context, n)
 ORDER BY o.id, n.n
 """
@@ -188,16 +214,16 @@ def claim(where: str) -> str:
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"
 
-#: Keeps the notifications the bridge cannot dispatch as failed rows: a row of one, or of a
-#: failed batch put back in the queue, is marked failed; a row of a chunk is copied to a
-#: failed notification of its own.
+#: Keeps the notifications the bridge cannot dispatch as failed rows: a row of one, of a
+#: failed batch put back in the queue, or one that holds no readable chunk, is marked
+#: failed as it is; a row of a chunk is copied to a failed notification of its own.
 FAIL = f"""
 WITH failed AS (
     SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS failed (id, position, reason)
 ), marked AS (
     UPDATE {OUTBOX} SET failed_at = now(), failure = failed.reason
     FROM failed
-    WHERE {OUTBOX}.id = failed.id AND ({OUTBOX}.side IS NULL OR {OUTBOX}.side = 'batch')
+    WHERE {OUTBOX}.id = failed.id AND NOT {_CHUNK.format(row=OUTBOX)}
 )
 INSERT INTO {OUTBOX} (uuid, channel, trigger, payload, size, context, created_at, failed_at,
                       failure)
@@ -206,7 +232,7 @@ SELECT gen_random_uuid(), o.channel, o.trigger,
        o.created_at, now(), failed.reason
 FROM {OUTBOX} AS o
 JOIN failed USING (id)
-WHERE o.side IN ('new', 'old')
+WHERE {_CHUNK.format(row="o")}
 ORDER BY failed.id, failed.position
 """
 
@@ -311,7 +337,7 @@ CROSS JOIN LATERAL (
     SELECT d.notification, d.payload, 0::bigint, NULL::uuid, d.context, 0::bigint
     WHERE d.side IS NULL
     UNION ALL
-    {_BATCH_ITEMS.format(row="d")}
+    {_BATCH_ITEMS.format(row="d", readable="true")}
 ) AS n (id, payload, position, seed, context, n)
 ORDER BY d.redeliver_at, d.task_id, n.n
 """

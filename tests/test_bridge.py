@@ -378,3 +378,35 @@ def test_a_listener_whose_options_celery_cannot_use_fails_its_notifications_alon
     [failure] = Notification.objects.filter(failed_at__isnull=False).values_list("failure",
                                                                                   flat=True)
     assert failure.startswith(f"publishing task {task} failed: TypeError")
+
+
+#: Rows a role calling pgcelery's writer function with arguments of its own can store, as
+#: (side, chunk): a batch item whose uuid does not read, an empty chunk, an unknown side.
+MALFORMED_CHUNKS = [
+    ("batch", '[{"id": 1, "uuid": "not-a-uuid", "position": 0, "payload": {"k": 1}}]'),
+    ("new", "[]"),
+    ("zzz", "[1]"),
+]
+
+
+@pytest.mark.parametrize(("side", "chunk"), MALFORMED_CHUNKS)
+def test_a_malformed_row_from_a_writer_is_failed_and_never_blocks_the_rest(bridge, side, chunk):
+    """It raised out of the claim (a uuid cast), so the bridge exited on every restart, or it
+    yielded no notification and was claimed first, forever, by every claim."""
+    channel = "tests.testapp.channels.WriterChannel"
+    with connection.cursor() as cursor:
+        for _ in range(12):  # more than a claim takes (10)
+            cursor.execute("SELECT pgcelery_notify_chunks_v1(%s, 'x', %s, %s, ARRAY[%s::jsonb])",
+                           [channel, support.trigger_of("writer_inserted"), side, chunk])
+    pgcelery.notify(Message, text="after the malformed rows")
+    bridge.drain()
+    [message] = support.take_messages("celery")
+    assert message.headers["task"] == "tests.testapp.listeners.message_received"
+    failed = Notification.objects.filter(failed_at__isnull=False)
+    assert failed.count() == 12 and not Notification.objects.filter(failed_at=None).exists()
+    assert {row.failure for row in failed} == {
+        "malformed outbox row: it holds no notification pgcelery wrote (an empty or unknown "
+        "chunk, or a batch item without its id, position or uuid), as a role calling "
+        "pgcelery's writer functions with arguments of its own can store"}
+    assert {row.side for row in failed} == {side}
+    assert support.manage("pgcelery_status").returncode == 2
