@@ -31,6 +31,8 @@ from pgcelery.watchdog import Watchdog
 _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
 #: How the bridge's connections show in pg_stat_activity.
 APPLICATION_NAME = "pgcelery_bridge"
+#: The short-lived session that checks whether wake-ups arrive, told apart from the bridge's.
+PROBE_APPLICATION_NAME = "pgcelery_bridge_probe"
 #: TCP keepalives of the bridge's connections, unless the database's OPTIONS set them.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
@@ -170,7 +172,7 @@ class Connector(abc.ABC):
         probe = f"pgcelery_probe_{secrets.token_hex(8)}"
         with self.transaction():
             self._run(sql.listen(probe))
-        sender = self._open(params)
+        sender = self._open({**params, "application_name": PROBE_APPLICATION_NAME})
         try:
             with sender.cursor() as cursor:
                 cursor.execute(sql.WAKE, [probe])

@@ -92,8 +92,16 @@ def frozen():
 
 
 def bridge_backend(url):
-    [(pid,)] = execute(url, "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                       [APPLICATION_NAME])
+    """The bridge's session, once it has connected ("Bridge started" is logged before)."""
+    found = []
+
+    def one_session():
+        found[:] = execute(url, "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                           [APPLICATION_NAME])
+        return len(found) == 1
+
+    support.wait_until(one_session, timeout=30, what="the bridge's database session")
+    [(pid,)] = found
     return pid
 
 

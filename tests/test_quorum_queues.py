@@ -25,7 +25,9 @@ QUEUE = f"pgcelery.quorum.{os.getpid()}"
 def quorum_app():
     if not support.port_open(5672):
         pytest.skip("no RabbitMQ on 127.0.0.1:5672")
-    app = Celery("quorum", broker=RABBITMQ_URL, set_as_current=False)
+    app = Celery("quorum", set_as_current=False)
+    # CELERY_BROKER_URL in the environment overrides broker_url, not these.
+    app.conf.broker_read_url = app.conf.broker_write_url = RABBITMQ_URL
     app.conf.task_queues = [Queue(QUEUE, Exchange(QUEUE, type="topic"), routing_key=QUEUE,
                                   queue_arguments={"x-queue-type": "quorum"})]
     yield app
