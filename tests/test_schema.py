@@ -24,14 +24,12 @@ SELECT p.proname, p.pronamespace::regnamespace::text, p.prosecdef,
 FROM pg_proc AS p WHERE p.proname LIKE 'pgcelery\\_%' ORDER BY 1
 """
 
-WRITE_AND_DELIVER = (
-    "import pgcelery, pgcelery.testing\n"
+WRITE = (
+    "import pgcelery\n"
     "from tests.testapp.channels import Message\n"
-    "from tests.testapp.models import Event, Writer\n"
-    "Writer.objects.create(name='restored')\n"
-    "pgcelery.notify(Message, text='restored')\n"
-    "print(pgcelery.testing.deliver_pending(),"
-    " sorted(Event.objects.values_list('listener', flat=True)))\n"
+    "from tests.testapp.models import Writer\n"
+    "Writer.objects.create(name='written')\n"
+    "pgcelery.notify(Message, text='written')\n"
 )
 
 
@@ -93,6 +91,24 @@ def restored_copy(source: str, target: str) -> None:
     psql(target, stdin=dump)
 
 
+def assert_delivered(name: str, log_dir: Path, user: str | None = None) -> None:
+    """A trigger write and a notify() on database ``name``, run by the real bridge and worker."""
+    written = manage(name, "shell", "-c", WRITE, user=user)
+    assert written.returncode == 0, written.stderr[-3000:]
+    env = support.subprocess_env(DATABASE_URL=url(name, user))
+    processes = [support.start_bridge(log_dir, env=env), support.start_worker(log_dir, env=env)]
+    try:
+        support.wait_until(lambda: len(events(name)) == 2, what="the two listeners' events")
+    finally:
+        for process in processes:
+            process.stop()
+    assert events(name) == ["message_received", "writer_inserted"]
+
+
+def events(name: str) -> list[str]:
+    return psql(name, "-At", "-c", "SELECT listener FROM testapp_event ORDER BY 1").stdout.split()
+
+
 def assert_in_their_schema(found: list[tuple], schema: str = "public") -> None:
     assert {name for name, *_ in found} >= {
         "pgcelery_notify_v1", "pgcelery_row_v1", "pgcelery_rows_v1", "pgcelery_record_task_v1"}
@@ -102,29 +118,29 @@ def assert_in_their_schema(found: list[tuple], schema: str = "public") -> None:
 
 
 def test_a_superusers_migrate_puts_the_functions_in_the_schema_and_a_backup_keeps_them(
-        fresh_databases):
+        fresh_databases, log_dir):
     source, target = fresh_databases(), fresh_databases()
     migrated(source)
     assert_in_their_schema(functions(source))
     restored_copy(source, target)
     assert_in_their_schema(functions(target))
-    written = manage(target, "shell", "-c", WRITE_AND_DELIVER)
-    assert written.returncode == 0, written.stderr[-3000:]
-    assert written.stdout.strip().splitlines()[-1] == "2 ['message_received', 'writer_inserted']"
+    assert_delivered(target, log_dir)
 
 
-def test_a_non_superuser_owner_migrates(owner_role, fresh_databases):
-    name = fresh_databases(owner=owner_role)
-    migrated(name, user=owner_role)
-    found = functions(name)
+def test_a_non_superuser_owner_migrates_and_a_backup_keeps_the_functions(
+        owner_role, fresh_databases, log_dir):
+    source, target = fresh_databases(owner=owner_role), fresh_databases()
+    migrated(source, user=owner_role)
+    found = functions(source)
     assert_in_their_schema(found)
     assert {owner for *_, owner in found} == {owner_role}
-    written = manage(name, "shell", "-c", WRITE_AND_DELIVER, user=owner_role)
-    assert written.returncode == 0, written.stderr[-3000:]
-    assert written.stdout.strip().splitlines()[-1] == "2 ['message_received', 'writer_inserted']"
+    restored_copy(source, target)
+    assert_in_their_schema(functions(target))
+    assert_delivered(source, log_dir, user=owner_role)
+    assert_delivered(target, log_dir)
 
 
-def test_an_upgrade_moves_the_functions_out_of_pg_catalog(fresh_databases, tmp_path):
+def test_an_upgrade_moves_the_functions_out_of_pg_catalog(fresh_databases, tmp_path, log_dir):
     source, target = fresh_databases(), fresh_databases()
     migrated(source, pythonpath=support.released_pgcelery(PG_CATALOG_RELEASE, tmp_path))
     before = functions(source)
@@ -136,6 +152,4 @@ def test_an_upgrade_moves_the_functions_out_of_pg_catalog(fresh_databases, tmp_p
     assert_in_their_schema(functions(source))
     assert "pgcelery.W006" not in manage(source, "check", "--database", "default").stderr
     restored_copy(source, target)
-    written = manage(target, "shell", "-c", WRITE_AND_DELIVER)
-    assert written.returncode == 0, written.stderr[-3000:]
-    assert written.stdout.strip().splitlines()[-1] == "2 ['message_received', 'writer_inserted']"
+    assert_delivered(target, log_dir)
