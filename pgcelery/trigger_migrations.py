@@ -1,13 +1,15 @@
 """How listeners' triggers meet the apps' migrations.
 
 ``makemigrations`` writes each listener's trigger into the migrations of the app that owns
-the model (through django-pgtrigger). Two things are pgcelery's to add:
+the model (through django-pgtrigger). pgcelery adds what that leaves out:
 
 - the dependency on the pgcelery migration that creates the function the trigger calls, so
   that ``migrate`` orders them without a hand edit;
 - the rendering of the trigger that the migrations already hold: a trigger an earlier
   release wrote stays as written while its listener is unchanged, so an upgrade needs no
-  new migration (see ``pgcelery.triggers.ListenerTrigger``).
+  new migration (see ``pgcelery.triggers.ListenerTrigger``);
+- the order and the models django-pgtrigger gets wrong: a trigger added to a renamed table
+  goes after the rename, and an unmanaged model's triggers stay out.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def _add_pgcelery_dependencies(migration: Migration) -> None:
 def _leave_out_unmanaged_triggers(state: ProjectState) -> None:
     """Django migrates nothing of a ``managed = False`` model but its state, and so neither
     does django-pgtrigger: its triggers, left in the model's options, could not even be
-    written into a migration. pgcelery.W007 says how to install them."""
+    written into a migration. The bridge says at start how to install them
+    (``checks.uninstalled_listener_triggers``)."""
     for model_state in state.models.values():
         if not model_state.options.get("managed", True):
             model_state.options.pop("triggers", None)
