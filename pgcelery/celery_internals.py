@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery import _state as celery_state
+from celery.local import Proxy
 from celery.utils.nodenames import anon_nodename
 from kombu import Exchange, serialization
 from kombu.entity import maybe_delivery_mode
@@ -41,6 +42,14 @@ def db_reuse_max(app: Celery) -> Any:
     Assumes the fixup reads ``app.conf.get('CELERY_DB_REUSE_MAX')``.
     """
     return app.conf.get("CELERY_DB_REUSE_MAX")
+
+
+def current(proxy: Any) -> Any:
+    """The object behind a Celery proxy (``current_app``, a ``shared_task``).
+
+    Assumes ``celery.local.Proxy._get_current_object()``.
+    """
+    return proxy._get_current_object() if isinstance(proxy, Proxy) else proxy
 
 
 def signal_receivers(signal: Any) -> list[Callable[..., Any]]:
@@ -112,6 +121,25 @@ def message_identity(app: Celery) -> dict[str, Any]:
     Assumes ``app.thread_oid`` (the reply-to address) and ``anon_nodename()`` (the origin).
     """
     return {"reply_to": app.thread_oid, "origin": anon_nodename()}
+
+
+def route(app: Celery, options: dict[str, Any], name: str, task: Task | None) -> dict[str, Any]:
+    """The send options of task ``name`` (its queue, exchange, routing key), as ``send_task``
+    routes a message, for keyword arguments only.
+
+    Assumes ``app.amqp.router.route(options, name, args, kwargs, task)``.
+    """
+    routed: dict[str, Any] = app.amqp.router.route(
+        options, name, (), {}, task)  # type: ignore[arg-type]
+    return routed
+
+
+def producer(app: Celery, connection: Any) -> Any:
+    """The producer ``send_task`` publishes with, on ``connection``.
+
+    Assumes ``app.amqp.Producer(connection)``.
+    """
+    return app.amqp.Producer(connection)
 
 
 def create_message(app: Celery, task_id: str, name: str, kwargs: dict[str, Any],
@@ -197,6 +225,26 @@ def redis_wire_message(channel: Any, message: Any, queue: str, serializer: str,
             "delivery_tag": delivery_tag,
         },
     })
+
+
+def redis_ping(channel: Any) -> None:
+    """One round trip to the Redis server of a kombu Redis channel.
+
+    Assumes the channel's redis-py client as ``channel.client``.
+    """
+    channel.client.ping()
+
+
+def redis_body_encoder(channel: Any) -> Callable[[str], str]:
+    """How the channel encodes a message body in the documents it stores.
+
+    Assumes ``channel.encode_body(text, channel.body_encoding)`` returning (body, encoding).
+    """
+    def encode(text: str) -> str:
+        encoded: str = channel.encode_body(text, channel.body_encoding)[0]
+        return encoded
+
+    return encode
 
 
 def redis_push(channel: Any, lists: dict[str, list[str]]) -> None:

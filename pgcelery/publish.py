@@ -54,7 +54,7 @@ class MessageRefused(Exception):
 
 def celery_app() -> Celery:
     """The Celery app of the project: ``PGCELERY_CELERY_APP`` or the current app."""
-    return conf.celery_app() or typing.cast(Any, current_app)._get_current_object()
+    return conf.celery_app() or typing.cast(Celery, celery_internals.current(current_app))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Publisher:
         with self._broker_errors():
             channel: Any = self._open().channel
             if redis_lists.supports(channel):
-                channel.client.ping()
+                celery_internals.redis_ping(channel)
             elif typing.cast(Connection, self._connection).transport.driver_type == "amqp":
                 # A passive declare of an exchange every AMQP broker has.
                 channel.exchange_declare(exchange="amq.direct", type="direct", passive=True)
@@ -208,8 +208,7 @@ class Publisher:
         expires = message_options.get("expires")
         if isinstance(expires, (int, float)):
             options["expiration"] = max(expires, 0)
-        options = self.app.amqp.router.route(
-            options, listener.task_name, (), {}, task)  # type: ignore[arg-type]
+        options = celery_internals.route(self.app, options, listener.task_name, task)
         countdown = message_options.get("countdown")
         if isinstance(countdown, (int, float)) and countdown >= 1:  # else Celery refuses it
             self._open()
@@ -282,7 +281,7 @@ class Publisher:
             # Fail fast: the bridge has its own backoff, and keeps its rows meanwhile.
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
             self._connection = connection
-            self._producer = self.app.amqp.Producer(connection)
+            self._producer = celery_internals.producer(self.app, connection)
         return self._producer
 
     def _options(self) -> dict[str, Any]:

@@ -71,10 +71,7 @@ class Template:
             return celery_internals.redis_wire_message(channel, message, queue, serializer,
                                                        delivery_mode, tag)
 
-        def encode_body(text: str) -> str:
-            encoded: str = channel.encode_body(text, channel.body_encoding)[0]
-            return encoded
-
+        encode_body = celery_internals.redis_body_encoder(channel)
         marks = {field: f"pgcelery{uuid.uuid4().hex}{field}"
                  for field in ("id", "kwargsrepr", "argument", "tag", "headers")}
         try:

@@ -35,7 +35,7 @@ def adopt(target: Task | Proxy) -> Task:
     Only the task's ``run`` is wrapped: calls without the notification argument
     (``.delay()``, ``.apply_async()``, a direct call) behave exactly as before.
     """
-    task: Task = target._get_current_object() if isinstance(target, Proxy) else target
+    task: Task = celery_internals.current(target)
     if getattr(task, "_pgcelery_adopted", False):
         return task
     original = task.run

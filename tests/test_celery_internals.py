@@ -83,9 +83,10 @@ def test_send_message_publishes_to_the_routed_queue():
     app = current_app._get_current_object()
     support.purge_queues()
     message = celery_internals.create_message(app, "sent-id", "a.task", {})
-    route = app.amqp.router.route({"queue": "stats"}, "a.task", (), {}, None)
+    route = celery_internals.route(app, {"queue": "stats"}, "a.task", None)
+    assert route["queue"].name == "stats"
     with app.connection_for_write() as connection:
-        producer = app.amqp.Producer(connection)
+        producer = celery_internals.producer(app, connection)
         producer.maybe_declare(route["queue"])
         celery_internals.send_message(app, producer, "a.task", message, **route)
     [received] = support.take_messages("stats")
@@ -133,3 +134,19 @@ def test_signal_receivers_are_the_live_ones_connected():
                    for receiver in celery_internals.signal_receivers(before_task_publish))
     finally:
         before_task_publish.disconnect(kept)
+
+
+def test_current_is_the_object_behind_a_proxy(app):
+    assert celery_internals.current(current_app) is current_app._get_current_object()
+    assert celery_internals.current(app) is app
+
+
+@pytest.mark.integration
+def test_a_redis_channel_pings_and_encodes_bodies_as_it_stores_them():
+    with current_app.connection_for_write() as connection:
+        channel = connection.default_channel
+        if not celery_internals.is_redis_channel(channel):
+            pytest.skip("the broker is not Redis")
+        celery_internals.redis_ping(channel)
+        encoded = celery_internals.redis_body_encoder(channel)('{"k": 1}')
+        assert channel.decode_body(encoded, channel.body_encoding) == b'{"k": 1}'
