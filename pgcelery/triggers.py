@@ -26,7 +26,8 @@ _OPERATION_CODES = {"INSERT": "i", "UPDATE": "u", "DELETE": "d", "TRUNCATE": "t"
 
 def _row_json(channel: type[channels.TriggerChannel], ref: str) -> str:
     """SQL for the jsonb of row ``ref`` (OLD or NEW), with its multi-table ancestors' columns,
-    less the columns the channel leaves out."""
+    less the columns the channel leaves out: with ``include_fields``, every column but the
+    named fields' and the primary key's, also those the table has outside the model."""
     model = channel.model
     own_pk = f"{ref}.{sql.identifier(model._meta.pk.column)}"
     parts = [
@@ -35,9 +36,14 @@ def _row_json(channel: type[channels.TriggerChannel], ref: str) -> str:
         for parent in reversed(model._meta.get_parent_list())
     ]
     row = " || ".join([*parts, f"to_jsonb({ref})"])
-    hidden = [sql.literal(field.column) for field in channels.hidden_fields(channel)
-              if field.column]
-    return f"({row}) - ARRAY[{', '.join(hidden)}]" if hidden else row
+    hidden = channels.hidden_fields(channel)
+    if channel.include_fields is not None:
+        kept = [sql.literal(field.column) for field in model._meta.concrete_fields
+                if field.column and field not in hidden]
+        return (f"(SELECT jsonb_object_agg(kept.key, kept.value) FROM jsonb_each({row}) "
+                f"AS kept WHERE kept.key = ANY(ARRAY[{', '.join(kept)}]))")
+    left_out = [sql.literal(field.column) for field in hidden if field.column]
+    return f"({row}) - ARRAY[{', '.join(left_out)}]" if left_out else row
 
 
 class _DirectTrigger(pgtrigger.Trigger):
@@ -154,9 +160,13 @@ def _renderings(channel: type[channels.TriggerChannel], name: str, when: pgtrigg
     else:
         options["condition"] = condition
     func = _row_func(channel, name) if side is None else _statement_func(channel, name, side)
-    # Until 0.1.0's row functions: a function of the trigger's own calling pgcelery's.
+    # A function of the trigger's own calling pgcelery's: what releases before the row
+    # functions (pgcelery 0006) wrote, and what a model with parents, or a channel with
+    # include_fields (an allow-list the row functions cannot take), still gets. The
+    # renderings with include_fields as a deny-list leaked the table's other columns:
+    # none is kept, so such a channel's trigger is written anew.
     calling = pgtrigger.Trigger(func=func, **options)
-    if channel.model._meta.get_parent_list():
+    if channel.model._meta.get_parent_list() or channel.include_fields is not None:
         return [calling]
     function = sql.ROW_FUNCTION if side is None else sql.ROWS_FUNCTION
     return [_DirectTrigger(execute=_execute(function, channel, name), **options), calling]

@@ -6,7 +6,7 @@ from django.db import connection
 from pgcelery import sql
 from pgcelery.models import Notification
 from tests.support import trigger_of
-from tests.testapp.models import Legacy, Restaurant, Sku, Writer
+from tests.testapp.models import Account, Legacy, Restaurant, Sku, Writer
 
 pytestmark = pytest.mark.django_db
 
@@ -97,3 +97,16 @@ def test_numeric_precision_is_stored_exactly():
     with connection.cursor() as cursor:
         cursor.execute("SELECT payload->'new'->>'price' FROM pgcelery_notification")
         assert cursor.fetchone() == ("12345678901234567890.12345678901234567890",)
+
+
+def test_include_fields_lets_only_the_named_columns_out_even_those_the_model_lacks():
+    """An allow-list: a column added to the table outside the model stays in PostgreSQL."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE testapp_account ADD COLUMN ssn text DEFAULT '078-05-1120'")
+    account = Account.objects.create(name="ada", password="pbkdf2$s3cret", api_token="tok")
+    recorded = dict(rows())
+    assert recorded[trigger_of("account_named")] == {
+        "old": None, "new": {"id": account.pk, "name": "ada"}}
+    # exclude_fields stays a deny-list: what it names is left out, the rest goes.
+    assert recorded[trigger_of("account_created")]["new"] == {
+        "id": account.pk, "name": "ada", "ssn": "078-05-1120"}
