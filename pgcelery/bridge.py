@@ -417,7 +417,7 @@ class Bridge:
         if not rows:
             return failed, sent
         deliveries = dispatch.deliveries(rows, failed)
-        periods = {listener: self.publisher.redelivery_period(listener)
+        periods = {listener: listener.redelivery_period()
                    for listener in {delivery.listener for delivery in deliveries}}
         remembered = [(delivery, period) for delivery in deliveries
                       if (period := periods[delivery.listener]) is not None]

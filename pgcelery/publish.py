@@ -157,15 +157,6 @@ class Publisher:
                 channel.exchange_declare(exchange="amq.direct", type="direct", passive=True)
             self.reached_at = time.monotonic()
 
-    def redelivery_period(self, listener: Listener) -> float | None:
-        """The listener's ``redeliver_after`` (its own, or the setting's).
-
-        Raises:
-            BrokerUnavailable: if the broker cannot be reached to declare its queue.
-        """
-        with self._broker_errors():
-            return self._route(listener).redeliver_after
-
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Groups the publishes made inside; all of them reached the broker when it exits.
