@@ -67,6 +67,22 @@ class Scope:
         known = sorted({f"{listener.channel}|{listener.trigger}" for listener in listeners})
         return cls(list(channels) if channels else None, known, grace)
 
+    def claim_parameters(self, limit: int, budget: int) -> dict[str, Any]:
+        """The parameters of ``sql.claim`` for up to ``limit`` notifications and ``budget``
+        stored payload bytes in this scope."""
+        return {"limit": limit, "channels": self.channels, "known": self.known,
+                "grace": self.grace, "budget": budget}
+
+
+def fail_parameters(failures: Sequence[Failure]) -> list[list[Any]]:
+    """The parameters of ``sql.FAIL``: the failures' ids, positions and reasons."""
+    return [list(column) for column in zip(*failures, strict=True)]
+
+
+def delete_parameters(ids: Iterable[int]) -> list[list[int]]:
+    """The parameters of ``sql.DELETE``."""
+    return [sorted(set(ids))]
+
 
 class Connector(abc.ABC):
     """One connection of the bridge to the outbox of database ``alias``.
@@ -274,19 +290,17 @@ class Connector(abc.ABC):
         Returns:
             The rows' notifications, and whether pending rows were left for the limits.
         """
-        found = self._run(self._claim, {"limit": limit, "channels": scope.channels,
-                                        "known": scope.known, "grace": scope.grace,
-                                        "budget": budget})
+        found = self._run(self._claim, scope.claim_parameters(limit, budget))
         return messages.claimed(found), bool(found and found[0][-1])
 
     def fail(self, failures: Sequence[Failure]) -> None:
         """Keeps the claimed notifications that cannot be dispatched as failed rows."""
         if failures:
-            self._defer(sql.FAIL, [list(column) for column in zip(*failures, strict=True)])
+            self._defer(sql.FAIL, fail_parameters(failures))
 
     def delete(self, ids: Iterable[int]) -> None:
         """Deletes the claimed rows, but those ``fail`` has just marked."""
-        self._defer(sql.DELETE, [sorted(set(ids))])
+        self._defer(sql.DELETE, delete_parameters(ids))
 
     def prune(self, retention: datetime.timedelta) -> None:
         """Forgets the ``atomic=True`` task ids older than ``retention``, and the deliveries

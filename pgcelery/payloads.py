@@ -323,7 +323,7 @@ def unmarked_row(value: Any) -> Any:
 
 
 def _column_text(field: models.Field, instance: models.Model) -> Any:
-    """The field's value as ``to_jsonb`` writes its column, for :func:`_column_value`."""
+    """The field's value as ``to_jsonb`` writes its column, for ``_column_value``."""
     value = field.value_from_object(instance)
     if value is None or isinstance(field, models.JSONField):
         return value

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from pgcelery import conf, dispatch, messages, publish, registry, sql, worker
+from pgcelery.connector import Scope, delete_parameters, fail_parameters
 
 __all__ = ["UndeliverableNotification", "deliver", "deliver_pending"]
 
@@ -88,19 +89,17 @@ def _deliver(alias: str, propagate: bool, where: str) -> int:
 
 def _claim(alias: str, where: str) -> tuple[list[messages.Delivery], list[dispatch.Failure]]:
     """Takes one claim's notifications out of the outbox, as the bridge does."""
-    known = sorted({f"{listener.channel}|{listener.trigger}"
-                    for listener in registry.registered_listeners()})
+    scope = Scope.of(registry.registered_listeners(), None, _NO_GRACE)
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        cursor.execute(sql.claim(where), {
-            "limit": conf.batch_size(), "channels": None, "known": known, "grace": _NO_GRACE,
-            "budget": conf.batch_bytes()})
+        cursor.execute(sql.claim(where),
+                       scope.claim_parameters(conf.batch_size(), conf.batch_bytes()))
         rows = messages.claimed(cursor.fetchall())
         failed: list[dispatch.Failure] = []
         deliveries = dispatch.deliveries(rows, failed)
         if failed:
-            cursor.execute(sql.FAIL, [list(column) for column in zip(*failed, strict=True)])
+            cursor.execute(sql.FAIL, fail_parameters(failed))
         if rows:
-            cursor.execute(sql.DELETE, [sorted({row.id for row in rows})])
+            cursor.execute(sql.DELETE, delete_parameters(row.id for row in rows))
     return deliveries, failed
 
 

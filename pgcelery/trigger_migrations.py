@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import pgtrigger
 from django.core.management.commands import makemigrations, migrate
 from django.db.migrations import AlterModelTable, Migration
 from django.db.migrations.state import ProjectState
@@ -30,10 +31,10 @@ from pgcelery import sql
 
 PGCELERY = "pgcelery"
 
-_CALLED = re.compile(r"\b(" + "|".join(map(re.escape, sql.FUNCTION_MIGRATIONS)) + r")\(")
+_FUNCTIONS = "|".join(map(re.escape, sql.FUNCTION_MIGRATIONS))
+_CALLED = re.compile(rf"\b({_FUNCTIONS})\(")
 #: A trigger that executes pgcelery's function itself cannot be created before it exists.
-_EXECUTED = re.compile(r"EXECUTE\s+(?:PROCEDURE|FUNCTION)\s+("
-                       + "|".join(map(re.escape, sql.FUNCTION_MIGRATIONS)) + r")\(")
+_EXECUTED = re.compile(rf"EXECUTE\s+(?:PROCEDURE|FUNCTION)\s+({_FUNCTIONS})\(")
 
 #: The migration state that listener triggers compile against, while one is known.
 _migrated: contextvars.ContextVar[ProjectState | None] = contextvars.ContextVar(
@@ -50,16 +51,26 @@ def compiled_against(state: ProjectState) -> Iterator[None]:
         _migrated.reset(token)
 
 
-def adopted(model: Any, renderings: list[compiler.Trigger]) -> compiler.Trigger:
-    """The migrated trigger where it is one of ``renderings`` (newest first), else the newest."""
+def adopted(model: Any, renderings: Sequence[pgtrigger.Trigger]) -> compiler.Trigger:
+    """``model``'s trigger compiled as the migrations hold it, where that is one of
+    ``renderings`` (newest first); else as the newest. The earlier renderings are compiled
+    only where the migrations hold another SQL under the trigger's name."""
+    newest = renderings[0].compile(model)
+    migrated = _migrated_trigger(model, newest.name)
+    if migrated is None or migrated == newest:
+        return newest
+    earlier = (rendering.compile(model) for rendering in renderings[1:])
+    return migrated if migrated in earlier else newest
+
+
+def _migrated_trigger(model: Any, name: str | None) -> compiler.Trigger | None:
     state = _migrated.get()
     key = (model._meta.app_label, model._meta.model_name)
     model_state = state.models.get(key) if state is not None else None
-    if model_state is not None:
-        for migrated in model_state.options.get("triggers", []):
-            if migrated in renderings:
-                return migrated
-    return renderings[0]
+    if model_state is None:
+        return None
+    return next((found for found in model_state.options.get("triggers", [])
+                 if found.name == name), None)
 
 
 def pgcelery_calls(operations: Iterable[Any], *,

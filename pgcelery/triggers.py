@@ -141,8 +141,7 @@ class ListenerTrigger(pgtrigger.Trigger):
         self.renderings = renderings
 
     def compile(self, model: Any) -> compiler.Trigger:
-        return trigger_migrations.adopted(model, [rendering.compile(model)
-                                                  for rendering in self.renderings])
+        return trigger_migrations.adopted(model, self.renderings)
 
 
 def _renderings(channel: type[channels.TriggerChannel], name: str, when: pgtrigger.When,
