@@ -166,19 +166,23 @@ class Process:
 
 
 def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 name: str = "bridge") -> Process:
+                 name: str = "bridge", cwd: Path = EXAMPLE) -> Process:
+    """``manage.py pgcelery_bridge`` of the project in ``cwd`` (the example's)."""
     bridge = Process(
         name,
         [sys.executable, "manage.py", "pgcelery_bridge", *args],
         log_dir,
         env or subprocess_env(),
+        cwd,
     )
     bridge.wait_for_log("Bridge started")
     return bridge
 
 
 def start_worker(log_dir: Path, env: dict[str, str] | None = None,
-                 name: str = "worker", queues: str = ",".join(QUEUES)) -> Process:
+                 name: str = "worker", queues: str = ",".join(QUEUES),
+                 cwd: Path = EXAMPLE) -> Process:
+    """``celery -A proj worker`` of the project in ``cwd`` (the example's)."""
     env = {**(env or subprocess_env()), "PGCELERY_TEST_CRASH_MARKER": str(log_dir / "crashed")}
     worker = Process(
         name,
@@ -187,6 +191,7 @@ def start_worker(log_dir: Path, env: dict[str, str] | None = None,
          "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         log_dir,
         env,
+        cwd,
     )
     worker.wait_for_log("ready.")
     return worker

@@ -104,15 +104,10 @@ class Project:
 
     def start(self, log_dir: Path) -> list[support.Process]:
         """The bridge and a worker, as the page starts them."""
-        bridge = support.Process("quickstart-bridge", [sys.executable, "manage.py",
-                                 "pgcelery_bridge"], log_dir, self.env, cwd=self.directory)
-        worker = support.Process("quickstart-worker", [
-            sys.executable, "-m", "celery", "-A", "proj", "worker", "--loglevel", "INFO",
-            "--concurrency", "1", "--without-gossip", "--without-mingle"],
-            log_dir, self.env, cwd=self.directory)
-        bridge.wait_for_log("Bridge started")
-        worker.wait_for_log("ready.")
-        return [bridge, worker]
+        return [support.start_bridge(log_dir, env=self.env, name="quickstart-bridge",
+                                     cwd=self.directory),
+                support.start_worker(log_dir, env=self.env, name="quickstart-worker",
+                                     queues="celery", cwd=self.directory)]
 
     def wait_for_emails(self, count: int) -> list[str]:
         """The emails once ``count`` are sent and nothing is pending, a moment later."""
