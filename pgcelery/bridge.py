@@ -6,17 +6,19 @@ to be published again, with the same task ids. ``FOR UPDATE SKIP LOCKED`` lets a
 of bridges drain one outbox without dispatching a row twice. A sweep on a timer covers any
 missed wake-up.
 
-One bridge drains the outboxes of several databases, each through its own connector
-(connection, LISTEN, transactions, backoff), in one wait over all their sockets; a
-database that goes down leaves the others served.
+One bridge drains the outboxes of several databases, each in a thread of its own with its
+own connector (connection, LISTEN, transactions, backoff) and broker connection: a database
+that goes down, or hangs without an answer, leaves the others served.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +70,8 @@ class Dependency:
         self.retry_at = 0.0
         #: Why it is down, or None while it is up.
         self.error: str | None = None
+        #: The broker is shared by the threads of every database.
+        self._lock = threading.Lock()
 
     @property
     def down(self) -> bool:
@@ -75,17 +79,19 @@ class Dependency:
 
     def failed(self, exc: Exception) -> None:
         """Logs the outage once, and puts off the next attempt by the backoff's delay."""
-        if not self.down:
-            logger.error("%s unavailable (%s); retrying with backoff.", self.label, exc)
-        self.error = str(exc) or type(exc).__name__
-        self.retry_at = time.monotonic() + self.backoff.next_delay()
+        with self._lock:
+            if not self.down:
+                logger.error("%s unavailable (%s); retrying with backoff.", self.label, exc)
+            self.error = str(exc) or type(exc).__name__
+            self.retry_at = time.monotonic() + self.backoff.next_delay()
 
     def succeeded(self) -> None:
-        if self.down:
-            logger.info("%s available again.", self.label)
-            self.error = None
-        self.backoff.reset()
-        self.retry_at = 0.0
+        with self._lock:
+            if self.down:
+                logger.info("%s available again.", self.label)
+                self.error = None
+            self.backoff.reset()
+            self.retry_at = 0.0
 
     @property
     def label(self) -> str:
@@ -96,13 +102,44 @@ class Dependency:
         return metrics.DependencyState(self.kind, self.name, not self.down, self.error)
 
 
-class Outbox:
-    """The outbox of one database as the bridge drains it."""
+class ClaimSize:
+    """How much one claim takes: up to ``rows`` notifications and ``budget`` decoded bytes,
+    divided by two each time a claim ran past the database timeout (the watchdog ended its
+    transaction, so all its rows would be published again, and again), and multiplied back
+    by two after each claim that took under a quarter of the timeout."""
 
-    def __init__(self, connector: Connector, max_backoff: float) -> None:
+    def __init__(self, rows: int, budget: int) -> None:
+        self.rows, self.budget = rows, budget
+        self.divisor = 1
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """The notifications and decoded bytes the next claim may take."""
+        return max(1, self.rows // self.divisor), max(1, self.budget // self.divisor)
+
+    def overran(self) -> None:
+        if self.rows // self.divisor > 1:  # else a claim takes one row already
+            self.divisor *= 2
+
+    def took(self, seconds: float, timeout: float) -> None:
+        if self.divisor > 1 and seconds < timeout / 4:
+            self.divisor //= 2
+
+
+class Outbox:
+    """The outbox of one database as the bridge drains it, and its broker connection."""
+
+    def __init__(self, connector: Connector, publisher: Publisher, max_backoff: float,
+                 claim: ClaimSize) -> None:
         self.connector = connector
         self.alias = connector.alias
+        self.publisher = publisher
+        self.claim = claim
         self.health = Dependency("database", repr(connector.alias), max_backoff)
+        #: When the backlog gauges were last read from the database.
+        self.observed_at: float | None = None
+        #: When its loop last turned or finished a batch.
+        self.progressed_at = time.monotonic()
         #: When to claim next without a wake-up; 0 is at once.
         self.sweep_at = 0.0
         #: When the next unfinished delivery of a ``redeliver_after`` listener is due.
@@ -136,17 +173,19 @@ class Bridge:
     ) -> None:
         max_backoff = conf.max_backoff()
         aliases = list(databases) if databases else conf.databases()
-        self.outboxes = [Outbox(connector_for(alias), max_backoff) for alias in aliases]
+        self.batch_size = batch_size or conf.batch_size()
+        self.batch_bytes = conf.batch_bytes()
+        self.outboxes = [
+            Outbox(connector_for(alias), Publisher(app), max_backoff,
+                   ClaimSize(self.batch_size, self.batch_bytes))
+            for alias in aliases]
         self.watchdog = Watchdog(self._stop_asked, STOP_GRACE)
         for outbox in self.outboxes:
             outbox.connector.watchdog = self.watchdog
         self.channels = list(channels) if channels else None
         self.scope = Scope.of(registry.registered_listeners(), self.channels,
                               conf.unknown_grace())
-        self.batch_size = batch_size or conf.batch_size()
-        self.batch_bytes = conf.batch_bytes()
         self.sweep_interval = sweep_interval or conf.sweep_interval()
-        self.publisher = Publisher(app)
         #: Whether any listener served here has ``redeliver_after``; if none, no delivery
         #: is remembered, and none is looked for.
         self.redelivers = any(
@@ -161,10 +200,8 @@ class Bridge:
         self.metrics = None if port is None else metrics.Metrics(
             self.channels or registry.registered_channels(), self.state,
             metrics_address or conf.metrics_address(), port)
-        self.observed_at: float | None = None
-        #: When the loop last turned or finished a batch.
-        self.progressed_at = time.monotonic()
-        #: ``/health`` reports a bridge stuck once it made no progress for this long. With
+        #: ``/health`` reports a bridge stuck once a database's loop made no progress for
+        #: this long. With
         #: metrics on it ticks every ``BACKLOG_INTERVAL`` at the latest, and a transaction
         #: takes up to the database timeout before the watchdog ends it.
         self.stuck_after = 2 * (metrics.BACKLOG_INTERVAL + conf.database_timeout())
@@ -172,6 +209,8 @@ class Bridge:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        #: What a database's loop raised that it could not handle; ``run`` raises it.
+        self._crash: BaseException | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -185,24 +224,43 @@ class Bridge:
             ", ".join(repr(outbox.alias) for outbox in self.outboxes),
             ", ".join(self.channels) if self.channels else "all channels",
         )
+        threads = [threading.Thread(target=self._serve, args=(outbox,), daemon=True,
+                                    name=f"pgcelery-bridge-{outbox.alias}")
+                   for outbox in self.outboxes]
         try:
-            while not self.stopping:
-                for outbox in self.outboxes:
-                    if self.stopping:
-                        break
-                    self._turn(outbox)
-                self._tick()
-                self._wait(self._next_turn() - time.monotonic())
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():  # a timeout, so that signal handlers run meanwhile
+                    thread.join(1.0)
         finally:
+            self.stop()
             if server is not None:
                 server.shutdown()
                 server.server_close()
             self.close()
             self._restore_signal_handlers(previous)
+        if self._crash is not None:
+            raise self._crash
         logger.info("Bridge stopped.")
 
+    def _serve(self, outbox: Outbox) -> None:
+        """The loop of one database's thread; an error it cannot handle stops the bridge
+        and is raised by ``run``."""
+        try:
+            while not self._stop_asked():
+                self._turn(outbox)
+                self._tick(outbox)
+                self._wait(outbox, self._next_turn(outbox) - time.monotonic())
+        except BaseException as exc:
+            self._crash = exc
+            self.stop()
+
     def stop(self, *_: object) -> None:
+        """Asks every database's loop to stop, ending their waits."""
         self.stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
 
     def _stop_asked(self) -> bool:
         """Whether a stop signal arrived, even if its handler has not run yet: it wrote to
@@ -221,7 +279,7 @@ class Bridge:
         """Closes the database and broker connections."""
         for outbox in self.outboxes:
             outbox.connector.close()
-        self.publisher.close()
+            outbox.publisher.close()
 
     def _install_signal_handlers(self) -> dict[Any, Any]:
         previous: dict[Any, Any] = {
@@ -256,7 +314,7 @@ class Bridge:
             self.broker.failed(exc)
             return
         outbox.health.succeeded()
-        if self.publisher.reached_at >= now:  # else the broker was not asked
+        if outbox.publisher.reached_at >= now:  # else the broker was not asked
             self.broker.succeeded()
         outbox.sweep_at = time.monotonic() + self.sweep_interval
 
@@ -270,19 +328,20 @@ class Bridge:
                 "outbox every %.1f s instead. Connect the bridge to PostgreSQL directly or "
                 "through session pooling.", outbox.alias, self.sweep_interval)
 
-    def _next_turn(self) -> float:
-        turn = max(min(outbox.next_turn() for outbox in self.outboxes), self.broker.retry_at)
-        if self.observed_at is not None:
-            turn = min(turn, self.observed_at + metrics.BACKLOG_INTERVAL)
+    def _next_turn(self, outbox: Outbox) -> float:
+        turn = max(outbox.next_turn(), self.broker.retry_at)
+        if self.metrics is not None and outbox.observed_at is not None:
+            turn = min(turn, outbox.observed_at + metrics.BACKLOG_INTERVAL)
         return turn
 
     # -- telling about itself ----------------------------------------------------------
 
     def state(self) -> metrics.State:
         """What ``/health`` and ``pgcelery_up`` report; read from the server's thread."""
+        slowest = min(outbox.progressed_at for outbox in self.outboxes)
         return metrics.State(
             [outbox.health.state() for outbox in self.outboxes] + [self.broker.state()],
-            time.monotonic() - self.progressed_at, self.stuck_after)
+            time.monotonic() - slowest, self.stuck_after)
 
     def _serve_metrics(self) -> WSGIServer | None:
         if self.metrics is None:
@@ -296,27 +355,27 @@ class Bridge:
                 f"--metrics-port; PGCELERY_METRICS_ADDRESS, --metrics-address): {exc}. "
                 "Choose a free port, or an address of this machine.") from exc
 
-    def _tick(self) -> None:
+    def _tick(self, outbox: Outbox) -> None:
         """Notes progress, and refreshes the metrics if due: after every batch and every turn
         of the loop, so a long catch-up shows as it goes."""
-        self.progressed_at = time.monotonic()
-        self._observe_if_due()
+        outbox.progressed_at = time.monotonic()
+        self._observe_if_due(outbox)
 
-    def _observe_if_due(self) -> None:
-        """Reads the backlog gauges from the databases, and asks the broker whether it is up
+    def _observe_if_due(self, outbox: Outbox) -> None:
+        """Reads the backlog gauges from the database, and asks the broker whether it is up
         (an idle bridge would not find out otherwise), every ``BACKLOG_INTERVAL`` seconds."""
         now = time.monotonic()
-        if self.metrics is None or (self.observed_at is not None
-                                    and now < self.observed_at + metrics.BACKLOG_INTERVAL):
+        if self.metrics is None or (outbox.observed_at is not None
+                                    and now < outbox.observed_at + metrics.BACKLOG_INTERVAL):
             return
-        self.observed_at = now
-        for outbox in self._connected():
+        outbox.observed_at = now
+        if outbox.connector.connected:
             try:
                 self.metrics.set_backlog(outbox.alias, outbox.connector.backlog())
             except outbox.connector.errors as exc:
                 outbox.lost(exc)
         try:
-            self.publisher.ping()
+            outbox.publisher.ping()
         except BrokerUnavailable as exc:
             self.broker.failed(exc)
         else:
@@ -324,54 +383,42 @@ class Bridge:
 
     # -- waiting -----------------------------------------------------------------------
 
-    def _wait(self, timeout: float) -> bool:
-        """Waits up to ``timeout`` seconds for a wake-up; returns whether one came.
+    def _wait(self, outbox: Outbox, timeout: float) -> bool:
+        """Waits up to ``timeout`` seconds for a wake-up of ``outbox``, or a stop; returns
+        whether a wake-up came.
 
-        An outbox woken is due at once. Wake-ups read off a socket while a batch ran end
+        A woken outbox is due at once. Wake-ups read off the socket while a batch ran end
         the wait at once, since their rows may have committed after the batch's claim.
         """
-        connected = self._connected()
-        if self._woken(connected):
+        connected = outbox.connector.connected
+        if connected and self._woken(outbox):
             return True
-        if timeout <= 0 or len(self._connected()) < len(connected):
+        if timeout <= 0 or connected and not outbox.connector.connected:
             return False  # a connection lost while reading wake-ups: its retry may be sooner
-        waiting: list[Any] = [self._wake_r, *(outbox.connector for outbox in connected)]
+        waiting: list[Any] = [self._wake_r, *([outbox.connector] if connected else [])]
         ready, _, _ = select.select(waiting, [], [], timeout)
-        if self._wake_r in ready:
-            self._drain_signal_wakeups()
-        return self._woken([outbox for outbox in connected if outbox.connector in ready],
-                           readable=True)
+        return outbox.connector in ready and self._woken(outbox, readable=True)
 
     def _connected(self) -> list[Outbox]:
         return [outbox for outbox in self.outboxes if outbox.connector.connected]
 
-    def _woken(self, outboxes: list[Outbox], readable: bool = False) -> bool:
-        """Reads the outboxes' wake-ups; those whose socket was ``readable`` for nothing are
+    def _woken(self, outbox: Outbox, readable: bool = False) -> bool:
+        """Reads the outbox's wake-ups; a socket that was ``readable`` for nothing is
         checked, since that is how a lost connection shows."""
-        woken = False
-        for outbox in outboxes:
-            try:
-                wakeups = outbox.connector.wakeups()
-                if readable and not wakeups:
-                    outbox.connector.ping()
-            except outbox.connector.errors as exc:
-                outbox.lost(exc)
-                continue
-            for pg_channel, payload in wakeups:
-                if payload:
-                    logger.warning("Ignored a wake-up with an unexpected payload on channel "
-                                   "%r: %.200r", pg_channel, payload)
-            if wakeups:
-                outbox.sweep_at = 0.0
-                woken = True
-        return woken
-
-    def _drain_signal_wakeups(self) -> None:
         try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+            wakeups = outbox.connector.wakeups()
+            if readable and not wakeups:
+                outbox.connector.ping()
+        except outbox.connector.errors as exc:
+            outbox.lost(exc)
+            return False
+        for pg_channel, payload in wakeups:
+            if payload:
+                logger.warning("Ignored a wake-up with an unexpected payload on channel "
+                               "%r: %.200r", pg_channel, payload)
+        if wakeups:
+            outbox.sweep_at = 0.0
+        return bool(wakeups)
 
     # -- draining ----------------------------------------------------------------------
 
@@ -385,24 +432,35 @@ class Bridge:
         while more and not self.stopping:
             count, more = self._batch(outbox)
             handled += count
-            self._tick()
+            self._tick(outbox)
         return handled
 
     def _batch(self, outbox: Outbox) -> tuple[int, bool]:
         """Publishes one claim's notifications; returns how many, and whether more wait."""
         connector = outbox.connector
         claimed = time.monotonic()
-        with connector.transaction():
-            rows, left = connector.claim(self.batch_size, self.batch_bytes, self.scope)
-            failed, sent = self._dispatch_all(rows, outbox)
-            connector.fail(failed)
-            if rows:
-                connector.delete(row.id for row in rows)
+        limit, budget = outbox.claim.limits
+        try:
+            with connector.transaction():
+                rows, left = connector.claim(limit, budget, self.scope)
+                failed, sent = self._dispatch_all(rows, outbox)
+                connector.fail(failed)
+                if rows:
+                    connector.delete(row.id for row in rows)
+        except connector.errors:
+            if time.monotonic() - claimed >= connector.timeout:
+                outbox.claim.overran()
+                logger.warning(
+                    "Database %r: a claim of up to %d notification(s) and %d byte(s) ran past "
+                    "PGCELERY_DATABASE_TIMEOUT (%.1f s); the next claims take half as much.",
+                    outbox.alias, limit, budget, connector.timeout)
+            raise
+        outbox.claim.took(time.monotonic() - claimed, connector.timeout)
         if self.metrics is not None and sent:
             self.metrics.published(sent, claimed)
         if len(rows) > len(failed):
             logger.info("Published %d notification(s).", len(rows) - len(failed))
-        return len(rows), left or len(rows) >= self.batch_size
+        return len(rows), left or len(rows) >= limit
 
     def _dispatch_all(self, rows: list[messages.Row],
                       outbox: Outbox) -> tuple[list[Failure], list[messages.Delivery]]:
@@ -422,9 +480,9 @@ class Bridge:
         remembered = [(delivery, period) for delivery in deliveries
                       if (period := periods[delivery.listener]) is not None]
         outbox.connector.remember(remembered)
-        with self.publisher.batch():
+        with outbox.publisher.batch():
             for delivery in deliveries:
-                reason = self._send(delivery, outbox.alias)
+                reason = self._send(delivery, outbox)
                 if reason is None:
                     sent.append(delivery)
                 else:
@@ -439,11 +497,11 @@ class Bridge:
             outbox.redeliver_at = min(outbox.redeliver_at, soonest)
         return failed, sent
 
-    def _send(self, delivery: messages.Delivery, database: str) -> str | None:
+    def _send(self, delivery: messages.Delivery, outbox: Outbox) -> str | None:
         """Publishes the delivery's task; returns why it cannot be, or None once done."""
         name = delivery.listener.task_name
         try:
-            self.publisher.publish(delivery, database)
+            outbox.publisher.publish(delivery, outbox.alias)
         except BrokerUnavailable:
             raise
         except MessageRefused as exc:
@@ -478,13 +536,13 @@ class Bridge:
             due = connector.due_deliveries(self.batch_size, self.channels)
             if not due:
                 return 0
-            with self.publisher.batch():
+            with outbox.publisher.batch():
                 for rows in due:
-                    self._send_again(rows, outbox.alias)
+                    self._send_again(rows, outbox)
             connector.redelivered([rows[0].task_id for rows in due if rows[0].task_id])
         return len(due)
 
-    def _send_again(self, rows: list[messages.Row], database: str) -> None:
+    def _send_again(self, rows: list[messages.Row], outbox: Outbox) -> None:
         """Publishes a delivery again under its task id; one that cannot be waits a period."""
         row = rows[0]
         task_name, task_id = row.listener or "", row.task_id or ""
@@ -495,7 +553,7 @@ class Bridge:
                            "registered in this bridge: left for a bridge that knows it.",
                            task_name, task_id, row.id, task_name, extra=extra)
             return
-        reason = self._send(messages.Delivery(listener, task_id, rows), database)
+        reason = self._send(messages.Delivery(listener, task_id, rows), outbox)
         if reason is None:
             logger.warning("Task %s[%s] (notification %d on %s) has not finished in time: "
                            "published again.", task_name, task_id, row.id, row.channel,

@@ -120,8 +120,9 @@ def batch_size() -> int:
 
 
 def batch_bytes() -> int:
-    """How many stored payload bytes the bridge claims per round trip (one row, whatever its
-    size): its memory is bounded by this, not only by ``PGCELERY_BATCH_SIZE``."""
+    """How many bytes of payload and context, as decoded text, the bridge claims per round
+    trip (one row, whatever its size): its memory is bounded by this, not only by
+    ``PGCELERY_BATCH_SIZE``."""
     return positive_int("PGCELERY_BATCH_BYTES", _setting("PGCELERY_BATCH_BYTES", 64 * 2**20))
 
 

@@ -69,7 +69,7 @@ class Scope:
 
     def claim_parameters(self, limit: int, budget: int) -> dict[str, Any]:
         """The parameters of ``sql.claim`` for up to ``limit`` notifications and ``budget``
-        stored payload bytes in this scope."""
+        decoded bytes in this scope."""
         return {"limit": limit, "channels": self.channels, "known": self.known,
                 "grace": self.grace, "budget": budget}
 
@@ -285,7 +285,8 @@ class Connector(abc.ABC):
 
     def claim(self, limit: int, budget: int, scope: Scope) -> tuple[list[messages.Row], bool]:
         """Locks pending rows in ``scope`` holding up to ``limit`` notifications and
-        ``budget`` stored payload bytes (one row, whatever its size).
+        ``budget`` bytes of payload and context as decoded text (one row, whatever its
+        size).
 
         Returns:
             The rows' notifications, and whether pending rows were left for the limits.

@@ -86,10 +86,15 @@ UNREADABLE = ""
 
 
 def claimed(found: Sequence[tuple[Any, ...]]) -> list[Row]:
-    """The notifications of a claim's result rows (``sql.claim``)."""
-    return [Row(row_id, position, uuid.UUID(seed), channel, trigger,
-                UNREADABLE if payload is None else payload, *rest)
-            for row_id, position, seed, channel, trigger, payload, *rest, _ in found]
+    """The notifications of a claim's result rows (``sql.claim``). The notifications of a
+    chunk share one context string: a large context is held once, not once per row."""
+    rows: list[Row] = []
+    for (row_id, position, seed, channel, trigger, payload, context, listener, task_id, age,
+         shared, _) in found:
+        rows.append(Row(row_id, position, uuid.UUID(seed), channel, trigger,
+                        UNREADABLE if payload is None else payload,
+                        rows[-1].context if shared else context, listener, task_id, age))
+    return rows
 
 
 def task_id(row: Row, task_name: str, trigger: str) -> str:

@@ -136,22 +136,33 @@ WAKE = "SELECT pg_notify(%s, '')"
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
 
+#: What outbox row ``{row}`` holds in the bridge's memory once claimed: its payload and its
+#: context as decoded text, the context once per notification it goes out with. Their stored
+#: size tells little: a 10 MiB string of one letter is stored in a few kilobytes.
+_DECODED_BYTES = ("(SELECT octet_length(x.payload::text) "
+                  "+ coalesce(octet_length(x.context::text), 0) * x.size "
+                  "FROM {outbox} AS x WHERE x.id = {row})")
+
 #: Locks up to {limit} pending rows (of the channels in {channels}, when not NULL) whose
 #: channel and trigger ('channel|trigger') are in {known}, or that are older than {grace}
 #: (rows no bridge knows, to be failed). Keeps those that start before {limit}
-#: notifications and end within {budget} stored payload bytes (the first row always), and
+#: notifications and end within {budget} decoded bytes (the first row always), and
 #: returns their notifications one per result row: (id, position in the row, uuid, channel,
 #: trigger, payload, context, for a failed delivery put back in the queue its listener and
-#: task id, its age in seconds, and whether rows were left out for the limits). The other
-#: locked rows are free again at commit.
+#: task id, its age in seconds, whether its context is the previous notification's, and
+#: whether rows were left out for the limits). The other locked rows are free again at
+#: commit.
+#: The rows' sizes are walked in id order and the walk stops past the budget, so a claim
+#: decodes at most one row it does not keep. The context of a chunk's notifications is
+#: returned with the first of them only, as they share it.
 #: The transaction's commit does not wait for the disk: it only deletes or marks rows, and
 #: if the server crashed before flushing it, its rows would be published again with the
 #: same task ids. Set for the transaction only, so nothing outlives it on a pooled session.
 _CLAIM = f"""
-WITH unsynced AS MATERIALIZED (
+WITH RECURSIVE unsynced AS MATERIALIZED (
     SELECT set_config('synchronous_commit', 'off', true)
 ), locked AS (
-    SELECT id, size, pg_column_size(payload) AS bytes FROM {OUTBOX}
+    SELECT id, size FROM {OUTBOX}
     WHERE failed_at IS NULL AND ({{channels}}::text[] IS NULL OR channel = ANY({{channels}}))
       AND (channel || '|' || trigger = ANY({{known}}::text[])
            OR created_at < now() - {{grace}}::interval)
@@ -159,16 +170,24 @@ WITH unsynced AS MATERIALIZED (
     ORDER BY id
     LIMIT {{limit}}
     FOR UPDATE SKIP LOCKED
-), counted AS (
-    SELECT id, sum(size) OVER running - size AS before, sum(bytes) OVER running AS bytes,
-           row_number() OVER running AS n
+), listed AS (
+    SELECT array_agg(id ORDER BY id) AS ids, array_agg(size ORDER BY id) AS sizes,
+           count(*) AS total
     FROM locked
-    WINDOW running AS (ORDER BY id)
+), walked (n, id, size, before, bytes) AS (
+    SELECT 1, ids[1], sizes[1], 0::bigint, {_DECODED_BYTES.format(outbox=OUTBOX, row="ids[1]")}
+    FROM listed WHERE total > 0
+    UNION ALL
+    SELECT w.n + 1, l.ids[w.n + 1], l.sizes[w.n + 1], w.before + w.size,
+           w.bytes + {_DECODED_BYTES.format(outbox=OUTBOX, row="l.ids[w.n + 1]")}
+    FROM walked AS w, listed AS l
+    WHERE w.n < l.total AND w.bytes <= {{budget}} AND w.before + w.size < {{limit}}
 ), kept AS (
-    SELECT id FROM counted WHERE before < {{limit}} AND (bytes <= {{budget}} OR n = 1)
+    SELECT id FROM walked WHERE n = 1 OR (before < {{limit}} AND bytes <= {{budget}})
 )
 SELECT o.id, n.position, n.seed::text, o.channel, o.trigger, n.payload::text, n.context::text,
        o.listener, o.task_id, extract(epoch FROM statement_timestamp() - o.created_at)::float8,
+       o.side IN ('new', 'old') AND n.n > 1,
        (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
 FROM {OUTBOX} AS o
 JOIN kept USING (id)
@@ -177,7 +196,8 @@ CROSS JOIN LATERAL (SELECT {_READABLE}) AS r (readable)
 CROSS JOIN LATERAL (
     SELECT o.payload, 0::bigint, {_SEED}, o.context, 0::bigint WHERE o.side IS NULL
     UNION ALL
-    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1, {_SEED}, o.context, ordinality
+    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1, {_SEED},
+           CASE WHEN ordinality = 1 THEN o.context END, ordinality
     FROM jsonb_array_elements(CASE WHEN o.side IN ('new', 'old') AND r.readable
                                    THEN o.payload END)
         WITH ORDINALITY

