@@ -2,6 +2,7 @@
 
 from django.apps import AppConfig, apps
 from django.db.backends.signals import connection_created
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 from pgcelery import registry, tracing, trigger_migrations
@@ -13,7 +14,10 @@ class PgceleryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from pgcelery import checks  # noqa: F401 - registers the system checks
+        from pgcelery import checks, privileges  # noqa: F401 - checks registers the checks
+
+        post_migrate.connect(privileges.on_migrate, sender=self,
+                             dispatch_uid="pgcelery.privileges")
 
         if not apps.is_installed("pgtrigger"):
             return  # pgcelery.E002 says so; the listeners' triggers would go nowhere

@@ -22,6 +22,7 @@ from pgcelery import (
     celery_internals,
     channels,
     conf,
+    privileges,
     publish,
     registry,
     sql,
@@ -63,6 +64,14 @@ def check_trigger_migrations(app_configs: Any = None, **kwargs: Any) -> list[che
     return errors
 
 
+def _outbox_databases(databases: Any) -> Iterator[str]:
+    """The PostgreSQL databases of those a database check is given that get the outbox."""
+    for alias in databases or []:
+        if (connections[alias].vendor == "postgresql"
+                and router.allow_migrate_model(alias, Notification)):
+            yield alias
+
+
 @checks.register(checks.Tags.database)
 def check_functions_schema(app_configs: Any = None, databases: Any = None,
                            **kwargs: Any) -> list[checks.CheckMessage]:
@@ -71,10 +80,7 @@ def check_functions_schema(app_configs: Any = None, databases: Any = None,
     has triggers calling functions that do not exist. Tagged ``database``: ``migrate`` and
     ``check --database`` run it."""
     warnings: list[checks.CheckMessage] = []
-    for alias in databases or []:
-        if (connections[alias].vendor != "postgresql"
-                or not router.allow_migrate_model(alias, Notification)):
-            continue
+    for alias in _outbox_databases(databases):
         try:
             with connections[alias].cursor() as cursor:
                 cursor.execute(sql.FUNCTIONS_IN_PG_CATALOG)
@@ -92,6 +98,51 @@ def check_functions_schema(app_configs: Any = None, databases: Any = None,
                 id="pgcelery.W006",
             ))
     return warnings
+
+
+@checks.register(checks.Tags.database)
+def check_privilege_roles(app_configs: Any = None, databases: Any = None,
+                          **kwargs: Any) -> list[checks.CheckMessage]:
+    """The roles ``PGCELERY_APP_ROLES`` and ``PGCELERY_WORKER_ROLES`` name exist: ``migrate``
+    grants them EXECUTE on pgcelery's functions, and leaves out a role it cannot find."""
+    configured = privileges.configured_roles()
+    if configured is None:
+        return []
+    warnings: list[checks.CheckMessage] = []
+    for alias in _outbox_databases(databases):
+        try:
+            missing = privileges.missing_roles(alias, [*configured[0], *configured[1]])
+        except DatabaseError:  # unreachable: migrate says so itself
+            continue
+        if missing:
+            warnings.append(checks.Warning(
+                f"Database {alias!r} has no role {', '.join(map(repr, missing))}, which "
+                "PGCELERY_APP_ROLES or PGCELERY_WORKER_ROLES name: it cannot execute "
+                "pgcelery's functions.",
+                hint="Create the role (CREATE ROLE ... LOGIN) and run `python manage.py "
+                     "migrate`, or correct the setting.",
+                obj=alias,
+                id="pgcelery.W008",
+            ))
+    return warnings
+
+
+@checks.register(deploy=True)
+def check_function_privileges_narrowed(app_configs: Any = None,
+                                       **kwargs: Any) -> list[checks.CheckMessage]:
+    """Roles named for pgcelery's functions: otherwise every role that can connect may
+    execute them, and one that writes could forge the worker's records."""
+    if privileges.configured_roles() is not None:
+        return []
+    return [checks.Warning(
+        "PGCELERY_APP_ROLES and PGCELERY_WORKER_ROLES are not set: every database role may "
+        "execute pgcelery's functions, so a role that can only write could pre-record an "
+        "atomic=True listener's run (skipping it) or forge a failed delivery.",
+        hint="Set PGCELERY_WORKER_ROLES to the roles your Celery workers connect as and "
+             "PGCELERY_APP_ROLES to those your web processes connect as ([] for each that "
+             "connects as the migrations owner), then run `python manage.py migrate`.",
+        id="pgcelery.W007",
+    )]
 
 
 @checks.register()

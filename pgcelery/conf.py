@@ -166,6 +166,28 @@ def context_max_bytes() -> int:
                         _setting("PGCELERY_CONTEXT_MAX_BYTES", 64 * 1024))
 
 
+def role_names(name: str, value: Any) -> list[str] | None:
+    """``value`` as a list of PostgreSQL role names, or None when unset."""
+    if value is None:
+        return None
+    if (isinstance(value, str) or not isinstance(value, Sequence)
+            or not all(isinstance(role, str) and role for role in value)):
+        raise _invalid(name, value, "a list of role names, e.g. ['app']")
+    return list(value)
+
+
+def app_roles() -> list[str] | None:
+    """The roles the project's web processes write as (not the migrations owner): with
+    ``PGCELERY_WORKER_ROLES``, the only roles that may record notifications."""
+    return role_names("PGCELERY_APP_ROLES", _setting("PGCELERY_APP_ROLES", None))
+
+
+def worker_roles() -> list[str] | None:
+    """The roles Celery workers connect as (not the migrations owner): the only roles that
+    may keep the worker's records, once either setting is set."""
+    return role_names("PGCELERY_WORKER_ROLES", _setting("PGCELERY_WORKER_ROLES", None))
+
+
 def unknown_grace() -> datetime.timedelta:
     """How long rows of a channel or trigger the bridge does not know stay pending, for a
     bridge that knows them, before it fails them (0: at once)."""
@@ -221,6 +243,8 @@ def check() -> None:
     redeliver_after()
     unknown_grace()
     context_max_bytes()
+    app_roles()
+    worker_roles()
     metrics_port()
     metrics_address()
     notification_filter()

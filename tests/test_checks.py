@@ -16,6 +16,7 @@ from pgcelery.checks import (
     check_atomic_above_listeners,
     check_celery_app,
     check_databases_drained,
+    check_function_privileges_narrowed,
     check_settings,
     check_workers_keep_connections,
 )
@@ -95,8 +96,18 @@ def test_workers_closing_their_connection_after_every_task_is_a_deployment_warni
         assert "pgcelery.W004" in [found.id for found in run_checks(include_deployment_checks=True)]
 
 
+def test_functions_every_role_may_execute_are_a_deployment_warning():
+    [warning] = check_function_privileges_narrowed()
+    assert warning.id == "pgcelery.W007"
+    assert "pgcelery.W007" not in [found.id for found in run_checks()]
+    assert "pgcelery.W007" in [found.id for found in run_checks(include_deployment_checks=True)]
+    with override_settings(PGCELERY_WORKER_ROLES=[]):
+        assert check_function_privileges_narrowed() == []
+
+
 @pytest.mark.parametrize(("name", "value"), [
     ("PGCELERY_BATCH_SIZE", 0), ("PGCELERY_METRICS_PORT", 99999), ("PGCELERY_DATABASES", ["x"]),
+    ("PGCELERY_WORKER_ROLES", "worker"), ("PGCELERY_APP_ROLES", ["web", ""]),
 ])
 def test_an_unusable_setting_is_an_error(name, value):
     assert check_settings() == []
