@@ -29,7 +29,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from pgcelery import channels, conf, dispatch, messages, metrics, registry
 from pgcelery.connector import Connector, Scope, connector_for
-from pgcelery.dispatch import Failure
+from pgcelery.dispatch import Failure, Formed
 from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
 from pgcelery.watchdog import Watchdog
 
@@ -188,11 +188,13 @@ class Bridge:
         self.sweep_interval = sweep_interval or conf.sweep_interval()
         #: Whether any listener served here has ``redeliver_after``; if none, no delivery
         #: is remembered, and none is looked for.
-        self.redelivers = any(
-            listener.redelivery_period() is not None
-            for listener in registry.registered_listeners()
-            if self.channels is None or listener.channel in self.channels
-        )
+        served = [listener for listener in registry.registered_listeners()
+                  if self.channels is None or listener.channel in self.channels]
+        self.redelivers = any(listener.redelivery_period() is not None for listener in served)
+        #: The task names of the listeners with ``batch`` served here, whose batches are
+        #: formed once, for good.
+        self.batch_listeners = sorted(listener.task_name for listener in served
+                                      if listener.batch is not None)
         self.broker = Dependency("broker", "", max_backoff)
         self.stopping = False
         #: Served on ``/metrics`` and ``/health``, if anywhere.
@@ -442,8 +444,8 @@ class Bridge:
         limit, budget = outbox.claim.limits
         try:
             with connector.transaction():
-                rows, left = connector.claim(limit, budget, self.scope)
-                failed, sent = self._dispatch_all(rows, outbox)
+                rows, formed, left = self._claim(outbox, limit, budget)
+                failed, sent = self._dispatch_all(rows, outbox, formed)
                 connector.fail(failed)
                 if rows:
                     connector.delete(row.id for row in rows)
@@ -462,19 +464,52 @@ class Bridge:
             logger.info("Published %d notification(s).", len(rows) - len(failed))
         return len(rows), left or len(rows) >= limit
 
-    def _dispatch_all(self, rows: list[messages.Row],
-                      outbox: Outbox) -> tuple[list[Failure], list[messages.Delivery]]:
+    def _claim(self, outbox: Outbox, limit: int,
+               budget: int) -> tuple[list[messages.Row], list[Formed], bool]:
+        """Claims pending rows, and the batches earlier claims formed of their notifications.
+
+        Those batches go whole or not at all: the rows of theirs this claim's limits left
+        out are claimed too, and the rows of one that another claim holds in part are left
+        pending. Returns the rows, the batches, and whether pending rows were left out.
+        """
+        connector = outbox.connector
+        rows, left = connector.claim(limit, budget, self.scope)
+        if not rows or not self.batch_listeners:
+            return rows, [], left
+        formed: dict[str, Formed] = {}
+        looked_up: set[int] = set()
+        while unseen := {row.id for row in rows} - looked_up:
+            looked_up |= unseen
+            formed.update((batch.task_id, batch)
+                          for batch in connector.formed_batches(unseen, self.batch_listeners))
+            wanted = {row_id for batch in formed.values() for row_id, _ in batch.members}
+            if wanted - looked_up:
+                rows = sorted([*rows, *connector.claim_rows(wanted - looked_up)],
+                              key=lambda row: row.id)
+        # Rows left to the claim that holds the rest of their batch are not looked at again
+        # at once: that claim leaves them too, or publishes the batch.
+        whole, leave = dispatch.complete(formed.values(), rows)
+        return [row for row in rows if row.id not in leave], whole, left
+
+    def _dispatch_all(
+        self, rows: list[messages.Row], outbox: Outbox, formed: Sequence[Formed] = (),
+    ) -> tuple[list[Failure], list[messages.Delivery]]:
         """Publishes the rows' tasks; returns (id, position, reason) of the notifications
         that failed, and the deliveries sent.
 
-        The deliveries of ``redeliver_after`` listeners are remembered before any message
-        leaves, in the claim's transaction.
+        The batches formed here are committed before any message leaves, so that a claim
+        that finds their notifications again sends the same batches; the deliveries of
+        ``redeliver_after`` listeners are remembered, in the claim's transaction.
         """
         failed: list[Failure] = []
         sent: list[messages.Delivery] = []
         if not rows:
             return failed, sent
-        deliveries = dispatch.deliveries(rows, failed)
+        deliveries = dispatch.deliveries(rows, failed, formed)
+        batches = [delivery for delivery in deliveries
+                   if delivery.listener.batch is not None and delivery.row.task_id is None]
+        again = {batch.task_id for batch in formed}
+        outbox.connector.form([batch for batch in batches if batch.task_id not in again])
         periods = {listener: listener.redelivery_period()
                    for listener in {delivery.listener for delivery in deliveries}}
         remembered = [(delivery, period) for delivery in deliveries
@@ -492,6 +527,7 @@ class Bridge:
         outbox.connector.forget([
             delivery.task_id for delivery, _ in remembered
             if any((row.id, row.position) in failed_rows for row in delivery.rows)])
+        outbox.connector.unform([batch.task_id for batch in batches])
         if remembered:
             soonest = time.monotonic() + min(period for _, period in remembered)
             outbox.redeliver_at = min(outbox.redeliver_at, soonest)

@@ -12,18 +12,19 @@ import abc
 import contextlib
 import dataclasses
 import datetime
+import json
 import secrets
 import select
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from pgcelery import conf, filters, messages, sql
-from pgcelery.dispatch import Failure
+from pgcelery import conf, dispatch, filters, messages, sql
+from pgcelery.dispatch import Failure, Formed
 from pgcelery.registry import Listener
 from pgcelery.watchdog import Watchdog
 
@@ -33,6 +34,8 @@ _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
 APPLICATION_NAME = "pgcelery_bridge"
 #: The short-lived session that checks whether wake-ups arrive, told apart from the bridge's.
 PROBE_APPLICATION_NAME = "pgcelery_bridge_probe"
+#: The session that commits the batches a claim forms before their messages leave.
+BATCHES_APPLICATION_NAME = "pgcelery_bridge_batches"
 #: TCP keepalives of the bridge's connections, unless the database's OPTIONS set them.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
@@ -99,6 +102,9 @@ class Connector(abc.ABC):
         #: Whether wake-ups reach the connection (not through a transaction pooler).
         self.listening = False
         self._connection: Any = None
+        #: The connection ``form`` commits on, opened when first needed.
+        self._side: Any = None
+        self._params: dict[str, Any] = {}
         self._wakeups: list[Wakeup] = []
         #: Inside ``transaction``: whether BEGIN was sent, and the statements that wait
         #: to go with its COMMIT.
@@ -129,6 +135,7 @@ class Connector(abc.ABC):
         for key, value in KEEPALIVES.items():
             params.setdefault(key, value)
         params["application_name"] = APPLICATION_NAME
+        self._params = params
         self._connection = self._open(params)
         self._check_privileges()
         self._receive_wakeups()
@@ -175,7 +182,8 @@ class Connector(abc.ABC):
             "the bridge role's privileges listed in the README (Privileges), e.g. "
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON {sql.OUTBOX}, {sql.DELIVERIES} TO "
             f"{role}; GRANT USAGE ON SEQUENCE {sql.OUTBOX}_id_seq TO {role}; "
-            f"GRANT SELECT, DELETE ON {sql.TASK_RECORDS} TO {role};"
+            f"GRANT SELECT, DELETE ON {sql.TASK_RECORDS} TO {role}; "
+            f"GRANT SELECT, INSERT, DELETE ON {sql.BATCHES} TO {role};"
         )
 
     def _wakeups_arrive(self, params: dict[str, Any]) -> bool:
@@ -207,10 +215,11 @@ class Connector(abc.ABC):
         return True
 
     def close(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(*self.errors):
-                self._connection.close()
-        self._connection = None
+        for connection in (self._connection, self._side):
+            if connection is not None:
+                with contextlib.suppress(*self.errors):
+                    connection.close()
+        self._connection = self._side = None
         self._wakeups.clear()
 
     def fileno(self) -> int:
@@ -246,10 +255,8 @@ class Connector(abc.ABC):
         transaction that outlives ``PGCELERY_DATABASE_TIMEOUT`` has its connection shut
         down: the driver raises one of ``errors``.
         """
-        guard = (contextlib.nullcontext() if self.watchdog is None else
-                 self.watchdog.guard(self.fileno, self.timeout, f"Database {self.alias!r}"))
         self._begun, self._deferred = False, []
-        with guard:
+        with self._guarded(self.fileno):
             try:
                 yield
                 if self._begun or self._deferred:
@@ -262,6 +269,12 @@ class Connector(abc.ABC):
                 raise
             finally:
                 self._begun, self._deferred = False, None
+
+    def _guarded(self, fileno: Callable[[], int]) -> contextlib.AbstractContextManager[None]:
+        """The watchdog's guard of a call on the socket ``fileno()``, if there is a watchdog."""
+        if self.watchdog is None:
+            return contextlib.nullcontext()
+        return self.watchdog.guard(fileno, self.timeout, f"Database {self.alias!r}")
 
     def _run(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Runs ``statement`` after the statements deferred before it and returns its rows;
@@ -294,6 +307,43 @@ class Connector(abc.ABC):
         found = self._run(self._claim, scope.claim_parameters(limit, budget))
         return messages.claimed(found), bool(found and found[0][-1])
 
+    def claim_rows(self, ids: Iterable[int]) -> list[messages.Row]:
+        """Locks the pending rows ``ids`` that no other claim holds, and returns their
+        notifications as ``claim`` does."""
+        return messages.claimed(self._run(sql.CLAIM_ROWS, {"ids": sorted(ids)}))
+
+    def formed_batches(self, row_ids: Iterable[int], listeners: Iterable[str]) -> list[Formed]:
+        """The batches of ``listeners`` (task names) earlier claims formed of notifications
+        of the rows ``row_ids``."""
+        found = self._run(sql.FORMED_BATCHES, [sorted(listeners), sorted(row_ids)])
+        return [Formed(task_id, listener, tuple(zip(ids, positions, strict=True)))
+                for task_id, listener, ids, positions in found]
+
+    def form(self, batches: Sequence[messages.Delivery]) -> None:
+        """Keeps the batches about to be published, committed before their messages leave:
+        on a connection of its own, since the claim's transaction dies with its bridge."""
+        if not batches:
+            return
+        value = json.dumps([[batch.task_id, batch.listener.task_name, *map(list, zip(
+            *dispatch.members(batch), strict=True))] for batch in batches])
+        try:
+            if self._side is None:
+                self._side = self._open({**self._params,
+                                         "application_name": BATCHES_APPLICATION_NAME})
+            with self._guarded(self._side.fileno), self._side.cursor() as cursor:
+                cursor.execute(sql.FORM_BATCHES, [value])
+        except self.errors:
+            with contextlib.suppress(*self.errors):
+                if self._side is not None:
+                    self._side.close()
+            self._side = None
+            raise
+
+    def unform(self, task_ids: Sequence[str]) -> None:
+        """Forgets the claim's batches, with its rows."""
+        if task_ids:
+            self._defer(sql.FORGET_BATCHES, [list(task_ids)])
+
     def fail(self, failures: Sequence[Failure]) -> None:
         """Keeps the claimed notifications that cannot be dispatched as failed rows."""
         if failures:
@@ -304,10 +354,12 @@ class Connector(abc.ABC):
         self._defer(sql.DELETE, delete_parameters(ids))
 
     def prune(self, retention: datetime.timedelta) -> None:
-        """Forgets the ``atomic=True`` task ids older than ``retention``, and the deliveries
-        that finished before ``conf.FINISHED_DELIVERY_RETENTION``."""
+        """Forgets the ``atomic=True`` task ids and the formed batches older than
+        ``retention``, and the deliveries that finished before
+        ``conf.FINISHED_DELIVERY_RETENTION``."""
         with self.transaction():
             self._defer(sql.PRUNE_TASK_RECORDS, [retention])
+            self._defer(sql.PRUNE_BATCHES, [retention])
             self._defer(sql.PRUNE_DELIVERIES, [conf.FINISHED_DELIVERY_RETENTION])
 
     def remember(self, deliveries: Sequence[Remembered]) -> None:

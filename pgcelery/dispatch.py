@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 from pgcelery import logs, messages, registry
@@ -18,15 +19,28 @@ logger = logging.getLogger("pgcelery.bridge")
 
 #: A notification that cannot be dispatched: (row id, position in the row, reason).
 Failure = tuple[int, int, str]
+#: A notification as a batch names it: (row id, position in the row).
+Member = tuple[int, int]
 
 
-def deliveries(rows: list[messages.Row], failed: list[Failure]) -> list[messages.Delivery]:
+class Formed(typing.NamedTuple):
+    """A batch an earlier claim formed (``models.FormedBatch``): it goes again as it was."""
+
+    task_id: str
+    listener: str
+    members: tuple[Member, ...]
+
+
+def deliveries(rows: list[messages.Row], failed: list[Failure],
+               formed: Iterable[Formed] = ()) -> list[messages.Delivery]:
     """The rows' task messages: one per listener and notification, and for a listener with
-    ``batch``, one per batch of its notifications in commit order. Rows that cannot be
-    sent join ``failed``."""
+    ``batch``, one per batch of its notifications in commit order, or the batch ``formed``
+    holds a notification in. Rows that cannot be sent join ``failed``."""
     found: list[messages.Delivery] = []
     #: (listener, the outbox row of a failed batch put back in the queue, or None)
     batches: dict[tuple[Listener, int | None], list[messages.Row]] = {}
+    place = {(batch.listener, member): batch for batch in formed for member in batch.members}
+    again: dict[str, tuple[Listener, Formed, list[messages.Row]]] = {}
     for row in rows:
         listeners = targets(row)
         if isinstance(listeners, str):
@@ -35,18 +49,50 @@ def deliveries(rows: list[messages.Row], failed: list[Failure]) -> list[messages
         for listener in listeners:
             if listener.batch is None:
                 found.append(messages.Delivery.of(listener, [row]))
+                continue
+            kept = row.id if row.task_id is not None else None
+            batch = None if kept is not None else place.get(
+                (listener.task_name, (row.id, row.position)))
+            if batch is not None:
+                again.setdefault(batch.task_id, (listener, batch, []))[2].append(row)
             else:
-                kept = row.id if row.task_id is not None else None
                 batches.setdefault((listener, kept), []).append(row)
     failed_rows = {row_id for row_id, _, _ in failed}
-    for (listener, kept), batch in batches.items():
+    for (listener, kept), batch_rows in batches.items():
         if kept is None:  # only listeners with ``batch`` are grouped
             size = typing.cast(int, listener.batch)
-            found.extend(messages.Delivery.of(listener, batch[start:start + size])
-                         for start in range(0, len(batch), size))
+            found.extend(messages.Delivery.of(listener, batch_rows[start:start + size])
+                         for start in range(0, len(batch_rows), size))
         elif kept not in failed_rows:  # else the whole batch stays failed, as it was
-            found.append(messages.Delivery.of(listener, batch))
+            found.append(messages.Delivery.of(listener, batch_rows))
+    for listener, batch, batch_rows in again.values():
+        order = {member: n for n, member in enumerate(batch.members)}
+        batch_rows.sort(key=lambda row: order[(row.id, row.position)])
+        found.append(messages.Delivery(listener, batch.task_id, batch_rows))
     return found
+
+
+def complete(formed: Iterable[Formed], rows: list[messages.Row]) -> tuple[list[Formed], set[int]]:
+    """The batches of ``formed`` whose notifications are all in ``rows``, and the rows to
+    leave pending: those of a batch missing some (another claim holds them), which must go
+    whole, later. Leaving a row may break another batch in turn."""
+    batches = list(formed)
+    present = {row.id for row in rows}
+    left: set[int] = set()
+    while True:
+        whole = [batch for batch in batches
+                 if all(row_id in present and row_id not in left
+                        for row_id, _ in batch.members)]
+        broken = {row_id for batch in batches if batch not in whole
+                  for row_id, _ in batch.members if row_id in present} - left
+        if not broken:
+            return whole, left
+        left |= broken
+
+
+def members(delivery: messages.Delivery) -> tuple[Member, ...]:
+    """The notifications of a batch, as ``Formed`` names them."""
+    return tuple((row.id, row.position) for row in delivery.rows)
 
 
 def targets(row: messages.Row) -> list[Listener] | str:

@@ -1,5 +1,6 @@
 """The outbox: the notifications recorded in the writer's transaction, until published."""
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -113,6 +114,27 @@ class Delivery(models.Model):
                 name="pgcelery_delivery_done_idx",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.listener}[{self.task_id}]"
+
+
+class FormedBatch(models.Model):
+    """A batch of a listener with ``batch``, as the claim that first took its notifications
+    formed it: written, and committed, before its message leaves, and deleted with its rows.
+    A claim that finds them again (the first one's bridge died before its commit) publishes
+    the same batch under the same task id, whatever else it finds pending."""
+
+    task_id = models.TextField(primary_key=True)
+    listener = models.TextField(help_text="The listener task the batch goes to.")
+    ids = ArrayField(models.BigIntegerField(),
+                     help_text="The outbox rows of its notifications, in its order.")
+    positions = ArrayField(models.IntegerField(),
+                           help_text="Each notification's position in its row.")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "pgcelery_batch"
 
     def __str__(self) -> str:
         return f"{self.listener}[{self.task_id}]"

@@ -9,6 +9,9 @@ old and the new release of an app can run side by side in a deploy.
 OUTBOX = "pgcelery_notification"
 TASK_RECORDS = "pgcelery_taskrecord"
 DELIVERIES = "pgcelery_delivery"
+#: Batches of listeners with ``batch`` as the claims that took their notifications formed
+#: them (see ``models.FormedBatch``).
+BATCHES = "pgcelery_batch"
 
 
 def literal(value: str) -> str:
@@ -111,7 +114,8 @@ SELECT needed.name, CASE WHEN to_regclass(needed.name) IS NOT NULL THEN needed.p
 FROM (VALUES ('{OUTBOX}', 'SELECT'), ('{OUTBOX}', 'INSERT'), ('{OUTBOX}', 'UPDATE'),
              ('{OUTBOX}', 'DELETE'), ('{OUTBOX}_id_seq', 'USAGE'),
              ('{DELIVERIES}', 'SELECT'), ('{DELIVERIES}', 'INSERT'), ('{DELIVERIES}', 'UPDATE'),
-             ('{DELIVERIES}', 'DELETE'), ('{TASK_RECORDS}', 'SELECT'), ('{TASK_RECORDS}', 'DELETE'))
+             ('{DELIVERIES}', 'DELETE'), ('{TASK_RECORDS}', 'SELECT'), ('{TASK_RECORDS}', 'DELETE'),
+             ('{BATCHES}', 'SELECT'), ('{BATCHES}', 'INSERT'), ('{BATCHES}', 'DELETE'))
     AS needed (name, privilege)
 WHERE CASE WHEN to_regclass(needed.name) IS NULL THEN true
            WHEN needed.privilege = 'USAGE'
@@ -135,6 +139,34 @@ WAKE = "SELECT pg_notify(%s, '')"
 
 #: Transaction-local: the context ends with the transaction that set it.
 SET_CONTEXT = "SELECT set_config('pgcelery.context', %s, true)"
+
+#: The notifications of the rows in CTE ``kept``, of those in ``locked``, one per result
+#: row (see ``_CLAIM``). Braces doubled: the statements are formatted once more.
+_NOTIFICATIONS = f"""
+SELECT o.id, n.position, n.seed::text, o.channel, o.trigger, n.payload::text, n.context::text,
+       o.listener, o.task_id, extract(epoch FROM statement_timestamp() - o.created_at)::float8,
+       o.side IN ('new', 'old') AND n.n > 1,
+       (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
+FROM {OUTBOX} AS o
+JOIN kept USING (id)
+CROSS JOIN unsynced
+CROSS JOIN LATERAL (SELECT {_READABLE}) AS r (readable)
+CROSS JOIN LATERAL (
+    SELECT o.payload, 0::bigint, {_SEED}, o.context, 0::bigint WHERE o.side IS NULL
+    UNION ALL
+    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1, {_SEED},
+           CASE WHEN ordinality = 1 THEN o.context END, ordinality
+    FROM jsonb_array_elements(CASE WHEN o.side IN ('new', 'old') AND r.readable
+                                   THEN o.payload END)
+        WITH ORDINALITY
+    UNION ALL
+    SELECT payload, position, seed, context, n
+    FROM ({_BATCH_ITEMS.format(row="o", readable="r.readable")}) AS items
+    UNION ALL
+    SELECT NULL::jsonb, 0::bigint, {_SEED}, o.context, 0::bigint WHERE NOT r.readable
+) AS n (payload, position, seed, context, n)
+ORDER BY o.id, n.n
+"""
 
 #: What outbox row ``{row}`` holds in the bridge's memory once claimed: its payload and its
 #: context as decoded text, the context once per notification it goes out with. Their stored
@@ -185,30 +217,22 @@ WITH RECURSIVE unsynced AS MATERIALIZED (
 ), kept AS (
     SELECT id FROM walked WHERE n = 1 OR (before < {{limit}} AND bytes <= {{budget}})
 )
-SELECT o.id, n.position, n.seed::text, o.channel, o.trigger, n.payload::text, n.context::text,
-       o.listener, o.task_id, extract(epoch FROM statement_timestamp() - o.created_at)::float8,
-       o.side IN ('new', 'old') AND n.n > 1,
-       (SELECT count(*) FROM kept) < (SELECT count(*) FROM locked)
-FROM {OUTBOX} AS o
-JOIN kept USING (id)
-CROSS JOIN unsynced
-CROSS JOIN LATERAL (SELECT {_READABLE}) AS r (readable)
-CROSS JOIN LATERAL (
-    SELECT o.payload, 0::bigint, {_SEED}, o.context, 0::bigint WHERE o.side IS NULL
-    UNION ALL
-    SELECT {_CHUNK_ROW.format(row="value")}, ordinality - 1, {_SEED},
-           CASE WHEN ordinality = 1 THEN o.context END, ordinality
-    FROM jsonb_array_elements(CASE WHEN o.side IN ('new', 'old') AND r.readable
-                                   THEN o.payload END)
-        WITH ORDINALITY
-    UNION ALL
-    SELECT payload, position, seed, context, n
-    FROM ({_BATCH_ITEMS.format(row="o", readable="r.readable")}) AS items
-    UNION ALL
-    SELECT NULL::jsonb, 0::bigint, {_SEED}, o.context, 0::bigint WHERE NOT r.readable
-) AS n (payload, position, seed, context, n)
-ORDER BY o.id, n.n
-"""
+{_NOTIFICATIONS}"""
+
+#: Locks the pending rows of ids %(ids)s that no other claim holds (the rows of batches an
+#: earlier claim formed that this claim's limits left out), and returns their notifications
+#: as the claim does.
+CLAIM_ROWS = f"""
+WITH unsynced AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'off', true)
+), locked AS (
+    SELECT id FROM {OUTBOX} WHERE id = ANY(%(ids)s::bigint[]) AND failed_at IS NULL
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+), kept AS (
+    SELECT id FROM locked
+)
+{_NOTIFICATIONS}""".format()
 #: The claim as the bridge runs it where its session is its own: prepared once per
 #: connection under ``name`` (planning took ~0.35 ms per wake-up), then executed.
 _ARGUMENTS = "(%(limit)s, %(channels)s, %(known)s, %(grace)s, %(budget)s)"
@@ -230,6 +254,33 @@ def claim(where: str) -> str:
     return _CLAIM.format(limit="%(limit)s", channels="%(channels)s", known="%(known)s",
                          grace="%(grace)s", budget="%(budget)s",
                          where=where.replace("%", "%%"))
+
+#: The batches of listeners in %s (task names) formed of notifications of the rows %s:
+#: (task id, listener, row ids, positions).
+FORMED_BATCHES = f"""
+SELECT task_id, listener, ids, positions FROM {BATCHES}
+WHERE listener = ANY(%s::text[]) AND ids && %s::bigint[]
+"""
+
+#: Keeps batches about to be published, a JSON array of [task id, listener, row ids,
+#: positions]; committed, on a connection of its own, before their messages leave.
+FORM_BATCHES = f"""
+INSERT INTO {BATCHES} (task_id, listener, ids, positions, created_at)
+SELECT batch ->> 0, batch ->> 1,
+       ARRAY(SELECT value::bigint FROM jsonb_array_elements_text(batch -> 2)
+             WITH ORDINALITY ORDER BY ordinality),
+       ARRAY(SELECT value::int FROM jsonb_array_elements_text(batch -> 3)
+             WITH ORDINALITY ORDER BY ordinality),
+       now()
+FROM jsonb_array_elements(%s::jsonb) AS batches (batch)
+ON CONFLICT (task_id) DO NOTHING
+"""
+
+#: Forgets the batches of a claim, in the transaction that deletes their rows.
+FORGET_BATCHES = f"DELETE FROM {BATCHES} WHERE task_id = ANY(%s)"
+
+#: Forgets batches formed longer ago than the retention (their rows pending all that time).
+PRUNE_BATCHES = f"DELETE FROM {BATCHES} WHERE created_at < now() - %s"
 
 #: Deletes the claimed rows, but those FAIL has just marked.
 DELETE = f"DELETE FROM {OUTBOX} WHERE id = ANY(%s) AND failed_at IS NULL"

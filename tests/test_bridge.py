@@ -26,7 +26,7 @@ from pgcelery.registry import Listener
 from pgcelery.status import channel_status
 from tests import support
 from tests.support import insert_raw
-from tests.testapp.channels import Message, Routed, WithContext
+from tests.testapp.channels import Message, Routed, Tally, WithContext
 from tests.testapp.models import Writer
 
 MESSAGE = "tests.testapp.channels.Message"
@@ -243,6 +243,69 @@ def test_a_claim_that_ran_past_the_database_timeout_makes_the_next_ones_smaller(
     for _ in range(30):
         size.took(1.0, timeout=30.0)
     assert size.limits == (500, 64 * 2**20)
+
+
+def notify_tallies(count):
+    with transaction.atomic():
+        for n in range(count):
+            pgcelery.notify(Tally, n=n, day=datetime.date(2026, 1, 1))
+
+
+def published_batches():
+    """{task id: the ns of its notifications} of the tallies_batched messages published."""
+    found = {}
+    for message in support.take_messages("celery"):
+        if message.headers["task"] == "tests.testapp.listeners.tallies_batched":
+            items = message.decode()[1][messages.ENVELOPE]["batch"]
+            found[message.headers["id"]] = [json.loads(item[3])["n"] for item in items]
+    return found
+
+
+def publish_and_lose_the_commit(bridge, limit):
+    """Publishes one claim of up to ``limit`` notifications, whose transaction is then lost
+    before its commit."""
+    [outbox] = bridge.outboxes
+    with pytest.raises(RuntimeError), outbox.connector.transaction():
+        rows, formed, _ = bridge._claim(outbox, limit, bridge.batch_bytes)
+        bridge._dispatch_all(rows, outbox, formed)
+        raise RuntimeError("the connection was lost before the commit")
+
+
+@pytest.mark.parametrize("again", [20, 5])
+def test_a_batch_claimed_again_after_a_crash_goes_as_it_was_formed(bridge, again):
+    """The bridge's connection is lost after it published a claim's batch, before its commit;
+    the next claim takes more (newer notifications with them) or fewer rows (the claim shrank
+    after the timeout) and still sends that batch as it was, under its task id: each
+    notification goes out under one task id. Before, the claim re-formed the batch of what
+    it found, under another id."""
+    notify_tallies(30)
+    publish_and_lose_the_commit(bridge, 10)
+    [(first, ns)] = published_batches().items()
+    assert ns == list(range(10))
+    bridge.outboxes[0].claim = ClaimSize(again, bridge.batch_bytes)
+    assert bridge.drain() == 30
+    batches = published_batches()
+    assert batches[first] == list(range(10))
+    published = sorted(n for ns in batches.values() for n in ns)
+    assert published == list(range(30))  # each once
+    assert not Notification.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pgcelery_batch")
+        assert cursor.fetchone() == (0,)  # forgotten with their rows
+
+
+def test_a_batch_is_left_pending_while_another_claim_holds_part_of_it(bridge):
+    notify_tallies(20)
+    publish_and_lose_the_commit(bridge, 20)
+    [(first, _)] = published_batches().items()
+    last = Notification.objects.order_by("id").last()
+    with transaction.atomic():  # another bridge's claim holds the batch's last row
+        Notification.objects.select_for_update().get(pk=last.pk)
+        assert bridge.drain() == 0
+    assert Notification.objects.count() == 20
+    assert published_batches() == {}
+    assert bridge.drain() == 20
+    assert published_batches() == {first: list(range(20))}
 
 
 def test_a_bridge_serves_only_the_channels_it_is_given(transactional_db):

@@ -35,6 +35,7 @@ FROZEN = {
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "0008_functions_out_of_pg_catalog":
         "845591f01d3b51ccf261a38a53b518d564e0812276e06b00ffc413cfcff6ff39",
+    "0009_formed_batches": "37c79d34014bc125b4f476c50a6f5e6ee208c0698973c0302838ebfa4c0aeaee",
 }
 
 #: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.

@@ -33,6 +33,7 @@ BRIDGE_GRANTS = """
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgcelery_notification, pgcelery_delivery TO {role};
 GRANT USAGE ON SEQUENCE pgcelery_notification_id_seq TO {role};
 GRANT SELECT, DELETE ON pgcelery_taskrecord TO {role};
+GRANT SELECT, INSERT, DELETE ON pgcelery_batch TO {role};
 """
 
 
@@ -198,3 +199,23 @@ def test_a_bridge_without_its_privileges_stops_at_start_naming_them(roles):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pgcelery_notification")
         assert cursor.fetchone() == (0,)
+
+
+def test_an_upgrade_grants_the_batches_table_to_the_bridge_roles_there_are(roles, spawn):
+    """Migration 0009 adds a table the bridge writes: the roles that may delete from the
+    outbox (bridge roles) get it, so a bridge role of an earlier release still starts."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"REVOKE ALL ON pgcelery_batch FROM {roles['bridge']}")
+    call_command("migrate", "pgcelery", "0008", verbosity=0)
+    call_command("migrate", "pgcelery", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT has_table_privilege(%s, 'pgcelery_batch', 'SELECT, INSERT, "
+                       "DELETE'), has_table_privilege(%s, 'pgcelery_batch', 'SELECT')",
+                       [roles["bridge"], roles["app"]])
+        assert cursor.fetchone() == (True, False)
+    bridge = spawn.bridge(env=as_role(roles["bridge"]), name="upgraded-bridge-role")
+    with connection.cursor() as cursor:
+        cursor.execute(sql.NOTIFY, [MESSAGE, channels.pg_channel(MESSAGE), "", '{"text": "x"}'])
+    support.wait_until(lambda: support.outbox_pending() == 0, what="the bridge role's drain")
+    assert bridge.stop() == 0
+    assert len(support.take_messages("celery")) == 1
