@@ -27,10 +27,13 @@ from wsgiref.simple_server import WSGIServer
 from celery import Celery
 from django.core.exceptions import ImproperlyConfigured
 
-from pgcelery import channels, conf, dispatch, messages, metrics, registry
-from pgcelery.connector import Connector, Scope, connector_for
+from pgcelery import conf, dispatch, messages, metrics, registry
+from pgcelery.channels import pg_channel
+from pgcelery.connector import Connector, connector_for
 from pgcelery.dispatch import Failure, Formed
 from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
+from pgcelery.redelivery import Redelivery
+from pgcelery.store import DatabaseStore, OutboxStore, Scope
 from pgcelery.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -127,11 +130,13 @@ class ClaimSize:
 
 
 class Outbox:
-    """The outbox of one database as the bridge drains it, and its broker connection."""
+    """The outbox of one database as the bridge drains it: its connection, what the bridge
+    reads and changes through it, and its broker connection."""
 
     def __init__(self, connector: Connector, publisher: Publisher, max_backoff: float,
-                 claim: ClaimSize) -> None:
+                 claim: ClaimSize, store: OutboxStore | None = None) -> None:
         self.connector = connector
+        self.store = store or DatabaseStore(connector)
         self.alias = connector.alias
         self.publisher = publisher
         self.claim = claim
@@ -186,11 +191,14 @@ class Bridge:
         self.scope = Scope.of(registry.registered_listeners(), self.channels,
                               conf.unknown_grace())
         self.sweep_interval = sweep_interval or conf.sweep_interval()
-        #: Whether any listener served here has ``redeliver_after``; if none, no delivery
-        #: is remembered, and none is looked for.
         served = [listener for listener in registry.registered_listeners()
                   if self.channels is None or listener.channel in self.channels]
-        self.redelivers = any(listener.redelivery_period() is not None for listener in served)
+        #: Only where a listener served here has ``redeliver_after``: if none, no delivery
+        #: is remembered, and none is looked for.
+        self.redelivery = Redelivery(
+            self.channels, self.batch_size, self.sweep_interval, self._send,
+            lambda: self.stopping,
+        ) if any(listener.redelivery_period() is not None for listener in served) else None
         #: The task names of the listeners with ``batch`` served here, whose batches are
         #: formed once, for good.
         self.batch_listeners = sorted(listener.task_name for listener in served
@@ -307,7 +315,8 @@ class Bridge:
             if not outbox.connector.connected:
                 self._connect(outbox)
             self._drain(outbox)
-            self._redeliver_if_due(outbox)
+            if self.redelivery is not None:
+                self.redelivery.if_due(outbox)
             self._prune_if_due(outbox)
         except outbox.connector.errors as exc:
             outbox.lost(exc)
@@ -322,7 +331,7 @@ class Bridge:
 
     def _connect(self, outbox: Outbox) -> None:
         names = self.channels or registry.registered_channels()
-        outbox.connector.connect(channels.pg_channel(name) for name in names)
+        outbox.connector.connect(pg_channel(name) for name in names)
         if not outbox.connector.listening:
             logger.warning(
                 "Database %r: wake-ups do not reach the bridge (LISTEN does not work through "
@@ -373,7 +382,7 @@ class Bridge:
         outbox.observed_at = now
         if outbox.connector.connected:
             try:
-                self.metrics.set_backlog(outbox.alias, outbox.connector.backlog())
+                self.metrics.set_backlog(outbox.alias, outbox.store.backlog())
             except outbox.connector.errors as exc:
                 outbox.lost(exc)
         try:
@@ -414,10 +423,10 @@ class Bridge:
         except outbox.connector.errors as exc:
             outbox.lost(exc)
             return False
-        for pg_channel, payload in wakeups:
+        for woken_channel, payload in wakeups:
             if payload:
                 logger.warning("Ignored a wake-up with an unexpected payload on channel "
-                               "%r: %.200r", pg_channel, payload)
+                               "%r: %.200r", woken_channel, payload)
         if wakeups:
             outbox.sweep_at = 0.0
         return bool(wakeups)
@@ -439,25 +448,25 @@ class Bridge:
 
     def _batch(self, outbox: Outbox) -> tuple[int, bool]:
         """Publishes one claim's notifications; returns how many, and whether more wait."""
-        connector = outbox.connector
+        store, timeout = outbox.store, outbox.connector.timeout
         claimed = time.monotonic()
         limit, budget = outbox.claim.limits
         try:
-            with connector.transaction():
+            with store.transaction():
                 rows, formed, left = self._claim(outbox, limit, budget)
                 failed, sent = self._dispatch_all(rows, outbox, formed)
-                connector.fail(failed)
+                store.fail(failed)
                 if rows:
-                    connector.delete(row.id for row in rows)
-        except connector.errors:
-            if time.monotonic() - claimed >= connector.timeout:
+                    store.delete(row.id for row in rows)
+        except store.errors:
+            if time.monotonic() - claimed >= timeout:
                 outbox.claim.overran()
                 logger.warning(
                     "Database %r: a claim of up to %d notification(s) and %d byte(s) ran past "
                     "PGCELERY_DATABASE_TIMEOUT (%.1f s); the next claims take half as much.",
-                    outbox.alias, limit, budget, connector.timeout)
+                    outbox.alias, limit, budget, timeout)
             raise
-        outbox.claim.took(time.monotonic() - claimed, connector.timeout)
+        outbox.claim.took(time.monotonic() - claimed, timeout)
         if self.metrics is not None and sent:
             self.metrics.published(sent, claimed)
         if len(rows) > len(failed):
@@ -472,8 +481,8 @@ class Bridge:
         out are claimed too, and the rows of one that another claim holds in part are left
         pending. Returns the rows, the batches, and whether pending rows were left out.
         """
-        connector = outbox.connector
-        rows, left = connector.claim(limit, budget, self.scope)
+        store = outbox.store
+        rows, left = store.claim(limit, budget, self.scope)
         if not rows or not self.batch_listeners:
             return rows, [], left
         formed: dict[str, Formed] = {}
@@ -481,10 +490,10 @@ class Bridge:
         while unseen := {row.id for row in rows} - looked_up:
             looked_up |= unseen
             formed.update((batch.task_id, batch)
-                          for batch in connector.formed_batches(unseen, self.batch_listeners))
+                          for batch in store.formed_batches(unseen, self.batch_listeners))
             wanted = {row_id for batch in formed.values() for row_id, _ in batch.members}
             if wanted - looked_up:
-                rows = sorted([*rows, *connector.claim_rows(wanted - looked_up)],
+                rows = sorted([*rows, *store.claim_rows(wanted - looked_up)],
                               key=lambda row: row.id)
         # Rows left to the claim that holds the rest of their batch are not looked at again
         # at once: that claim leaves them too, or publishes the batch.
@@ -509,12 +518,12 @@ class Bridge:
         batches = [delivery for delivery in deliveries
                    if delivery.listener.batch is not None and delivery.row.task_id is None]
         again = {batch.task_id for batch in formed}
-        outbox.connector.form([batch for batch in batches if batch.task_id not in again])
+        outbox.store.form([batch for batch in batches if batch.task_id not in again])
         periods = {listener: listener.redelivery_period()
                    for listener in {delivery.listener for delivery in deliveries}}
         remembered = [(delivery, period) for delivery in deliveries
                       if (period := periods[delivery.listener]) is not None]
-        outbox.connector.remember(remembered)
+        outbox.store.remember(remembered)
         with outbox.publisher.batch():
             for delivery in deliveries:
                 reason = self._send(delivery, outbox)
@@ -524,10 +533,10 @@ class Bridge:
                     failed.extend(dispatch.failure(row, reason) for row in delivery.rows)
         # A failed notification goes again to all its listeners once retried.
         failed_rows = {(row_id, position) for row_id, position, _ in failed}
-        outbox.connector.forget([
+        outbox.store.forget([
             delivery.task_id for delivery, _ in remembered
             if any((row.id, row.position) in failed_rows for row in delivery.rows)])
-        outbox.connector.unform([batch.task_id for batch in batches])
+        outbox.store.unform([batch.task_id for batch in batches])
         if remembered:
             soonest = time.monotonic() + min(period for _, period in remembered)
             outbox.redeliver_at = min(outbox.redeliver_at, soonest)
@@ -550,57 +559,9 @@ class Bridge:
                          extra=dispatch.log_fields(delivery.row, delivery.task_id, name))
         return None
 
-    # -- redelivering ------------------------------------------------------------------
-
-    def _redeliver_if_due(self, outbox: Outbox) -> None:
-        """Publishes again the deliveries whose tasks have not finished in time."""
-        if not self.redelivers or time.monotonic() < outbox.redeliver_at:
-            return
-        while not self.stopping and self._redeliver(outbox) == self.batch_size:
-            pass
-        # Looked at again by the next sweep at the latest: another bridge may remember
-        # deliveries, and stop.
-        seconds = outbox.connector.next_redelivery(self.channels)
-        wait = self.sweep_interval if seconds is None else min(max(seconds, 0.0),
-                                                               self.sweep_interval)
-        outbox.redeliver_at = time.monotonic() + wait
-
-    def _redeliver(self, outbox: Outbox) -> int:
-        """Publishes one round of due deliveries again; returns how many were due."""
-        connector = outbox.connector
-        with connector.transaction():
-            due = connector.due_deliveries(self.batch_size, self.channels)
-            if not due:
-                return 0
-            with outbox.publisher.batch():
-                for rows in due:
-                    self._send_again(rows, outbox)
-            connector.redelivered([rows[0].task_id for rows in due if rows[0].task_id])
-        return len(due)
-
-    def _send_again(self, rows: list[messages.Row], outbox: Outbox) -> None:
-        """Publishes a delivery again under its task id; one that cannot be waits a period."""
-        row = rows[0]
-        task_name, task_id = row.listener or "", row.task_id or ""
-        listener = registry.find(row.channel, row.trigger, task_name)
-        extra = dispatch.log_fields(row, task_id, task_name)
-        if listener is None:
-            logger.warning("Delivery %s[%s] of notification %d is due again, but %s is not "
-                           "registered in this bridge: left for a bridge that knows it.",
-                           task_name, task_id, row.id, task_name, extra=extra)
-            return
-        reason = self._send(messages.Delivery(listener, task_id, rows), outbox)
-        if reason is None:
-            logger.warning("Task %s[%s] (notification %d on %s) has not finished in time: "
-                           "published again.", task_name, task_id, row.id, row.channel,
-                           extra=extra)
-        else:
-            logger.error("Delivery %s[%s] of notification %d could not be published again: "
-                         "%s", task_name, task_id, row.id, reason, extra=extra)
-
     def _prune_if_due(self, outbox: Outbox) -> None:
         now = time.monotonic()
         if outbox.pruned_at is not None and now - outbox.pruned_at < PRUNE_INTERVAL:
             return
-        outbox.connector.prune(conf.atomic_retention())
+        outbox.store.prune(conf.atomic_retention())
         outbox.pruned_at = now

@@ -1,31 +1,26 @@
-"""The database side of the bridge: one connection to one database's outbox.
+"""The driver adapter: the bridge's connection to one database.
 
-The bridge connects, LISTENs, waits, claims, fails, deletes and prunes through this small
-interface, so its loop never touches a driver. psycopg2 and psycopg 3 each implement the
-few calls where they differ; the driver is the one Django uses for the database, so a
-project on psycopg 3 needs no psycopg2.
+The bridge connects, LISTENs, waits for wake-ups and runs transactions through this small
+interface, so its loop never touches a driver; what it reads and changes in the outbox goes
+through ``store.DatabaseStore``, which runs pgcelery's SQL here. psycopg2 and psycopg 3 each
+implement the few calls where they differ; the driver is the one Django uses for the
+database, so a project on psycopg 3 needs no psycopg2.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
-import datetime
-import json
 import secrets
 import select
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-from pgcelery import conf, dispatch, filters, messages, sql
-from pgcelery.dispatch import Failure, Formed
-from pgcelery.registry import Listener
+from pgcelery import conf, filters, sql
 from pgcelery.watchdog import Watchdog
 
 #: Connection parameters Django passes that only its own cursors and adapters use.
@@ -34,8 +29,8 @@ _DJANGO_ONLY_PARAMS = ("context", "cursor_factory", "prepare_threshold")
 APPLICATION_NAME = "pgcelery_bridge"
 #: The short-lived session that checks whether wake-ups arrive, told apart from the bridge's.
 PROBE_APPLICATION_NAME = "pgcelery_bridge_probe"
-#: The session that commits the batches a claim forms before their messages leave.
-BATCHES_APPLICATION_NAME = "pgcelery_bridge_batches"
+#: The session of ``run_apart``: statements committed apart from the claim in progress.
+APART_APPLICATION_NAME = "pgcelery_bridge_batches"
 #: TCP keepalives of the bridge's connections, unless the database's OPTIONS set them.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
               "keepalives_count": 3}
@@ -44,47 +39,10 @@ PROBE_SECONDS = 2.0
 
 #: A wake-up as received: (pg channel, payload).
 Wakeup = tuple[str, str]
-#: A delivery of a ``redeliver_after`` listener, and its period in seconds.
-Remembered = tuple[messages.Delivery, float]
 
 
 class MissingPrivileges(Exception):
     """The bridge's database role cannot do its work; it says which grants to add."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Scope:
-    """Which pending rows a bridge claims."""
-
-    #: The channels it serves (``--channels``); None: every channel.
-    channels: list[str] | None
-    #: 'channel|trigger' of every listener it knows.
-    known: list[str]
-    #: How long rows of a channel or trigger it does not know wait for a bridge that knows
-    #: them (a newer release, during a rolling deploy) before it fails them.
-    grace: datetime.timedelta
-
-    @classmethod
-    def of(cls, listeners: Iterable[Listener], channels: Sequence[str] | None,
-           grace: datetime.timedelta) -> Scope:
-        known = sorted({f"{listener.channel}|{listener.trigger}" for listener in listeners})
-        return cls(list(channels) if channels else None, known, grace)
-
-    def claim_parameters(self, limit: int, budget: int) -> dict[str, Any]:
-        """The parameters of ``sql.claim`` for up to ``limit`` notifications and ``budget``
-        decoded bytes in this scope."""
-        return {"limit": limit, "channels": self.channels, "known": self.known,
-                "grace": self.grace, "budget": budget}
-
-
-def fail_parameters(failures: Sequence[Failure]) -> list[list[Any]]:
-    """The parameters of ``sql.FAIL``: the failures' ids, positions and reasons."""
-    return [list(column) for column in zip(*failures, strict=True)]
-
-
-def delete_parameters(ids: Iterable[int]) -> list[list[int]]:
-    """The parameters of ``sql.DELETE``."""
-    return [sorted(set(ids))]
 
 
 class Connector(abc.ABC):
@@ -102,8 +60,8 @@ class Connector(abc.ABC):
         #: Whether wake-ups reach the connection (not through a transaction pooler).
         self.listening = False
         self._connection: Any = None
-        #: The connection ``form`` commits on, opened when first needed.
-        self._side: Any = None
+        #: The connection of ``run_apart``, opened when first needed.
+        self._apart: Any = None
         self._params: dict[str, Any] = {}
         self._wakeups: list[Wakeup] = []
         #: Inside ``transaction``: whether BEGIN was sent, and the statements that wait
@@ -113,7 +71,8 @@ class Connector(abc.ABC):
         self.watchdog: Watchdog | None = None
         self.timeout = conf.database_timeout()
         self.notification_filter = conf.notification_filter()
-        self._claim = sql.claim("true")
+        #: The claim as this connection runs it: prepared where its session is its own.
+        self.claim_statement = sql.claim("true")
 
     @property
     def connected(self) -> bool:
@@ -141,17 +100,17 @@ class Connector(abc.ABC):
         self._receive_wakeups()
         self.listening = self._wakeups_arrive(params)
         where = self._where()
-        self._claim = sql.claim(where)
+        self.claim_statement = sql.claim(where)
         if not self.listening:
             return
         name = f"pgcelery_claim_{secrets.token_hex(8)}"
         with self.transaction():
-            self._run(sql.prepare_claim(name, where))
+            self.run(sql.prepare_claim(name, where))
             for pg_channel in pg_channels:
-                self._run(sql.listen(pg_channel))
+                self.run(sql.listen(pg_channel))
         # LISTEN takes effect at commit: committed before the first claim, so no
         # notification committed after that claim can go unnoticed.
-        self._claim = sql.execute_claim(name)
+        self.claim_statement = sql.execute_claim(name)
 
     def _where(self) -> str:
         """``PGCELERY_NOTIFICATION_FILTER`` as SQL with its values written in, or ``true``."""
@@ -165,8 +124,8 @@ class Connector(abc.ABC):
         """Raises MissingPrivileges naming what the role lacks, before anything is claimed:
         a bridge that could publish but not delete would publish the same rows forever."""
         with self.transaction():
-            missing = self._run(sql.MISSING_PRIVILEGES)
-            [(role,)] = self._run("SELECT current_user")
+            missing = self.run(sql.MISSING_PRIVILEGES)
+            [(role,)] = self.run("SELECT current_user")
         if not missing:
             return
         self.close()
@@ -195,7 +154,7 @@ class Connector(abc.ABC):
         """
         probe = f"pgcelery_probe_{secrets.token_hex(8)}"
         with self.transaction():
-            self._run(sql.listen(probe))
+            self.run(sql.listen(probe))
         sender = self._open({**params, "application_name": PROBE_APPLICATION_NAME})
         try:
             with sender.cursor() as cursor:
@@ -211,15 +170,15 @@ class Connector(abc.ABC):
             self._read_wakeups()
         self._wakeups = [wakeup for wakeup in self._wakeups if wakeup[0] != probe]
         with self.transaction():
-            self._run(sql.unlisten(probe))
+            self.run(sql.unlisten(probe))
         return True
 
     def close(self) -> None:
-        for connection in (self._connection, self._side):
+        for connection in (self._connection, self._apart):
             if connection is not None:
                 with contextlib.suppress(*self.errors):
                     connection.close()
-        self._connection = self._side = None
+        self._connection = self._apart = None
         self._wakeups.clear()
 
     def fileno(self) -> int:
@@ -243,7 +202,7 @@ class Connector(abc.ABC):
         closed connection without an error, and only a query finds out.
         """
         with self.transaction():
-            self._run(sql.PING)
+            self.run(sql.PING)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -260,12 +219,12 @@ class Connector(abc.ABC):
             try:
                 yield
                 if self._begun or self._deferred:
-                    self._run("COMMIT")
+                    self.run("COMMIT")
             except BaseException:
                 if self._begun and self._connection is not None and not self._connection.closed:
                     self._deferred = []  # not sent: the transaction is undone
                     with contextlib.suppress(*self.errors):
-                        self._run("ROLLBACK")
+                        self.run("ROLLBACK")
                 raise
             finally:
                 self._begun, self._deferred = False, None
@@ -276,7 +235,7 @@ class Connector(abc.ABC):
             return contextlib.nullcontext()
         return self.watchdog.guard(fileno, self.timeout, f"Database {self.alias!r}")
 
-    def _run(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def run(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Runs ``statement`` after the statements deferred before it and returns its rows;
         the first statement of a transaction begins it."""
         with self._connection.cursor() as cursor:
@@ -288,7 +247,7 @@ class Connector(abc.ABC):
             cursor.execute(text)
             return self._rows(cursor)
 
-    def _defer(self, statement: str, params: Any) -> None:
+    def defer(self, statement: str, params: Any) -> None:
         """Sends ``statement`` with the transaction's next statement or its COMMIT: for
         those whose result is not read."""
         if self._deferred is None:
@@ -296,121 +255,21 @@ class Connector(abc.ABC):
         with self._connection.cursor() as cursor:
             self._deferred.append(self._mogrify(cursor, statement, params))
 
-    def claim(self, limit: int, budget: int, scope: Scope) -> tuple[list[messages.Row], bool]:
-        """Locks pending rows in ``scope`` holding up to ``limit`` notifications and
-        ``budget`` bytes of payload and context as decoded text (one row, whatever its
-        size).
-
-        Returns:
-            The rows' notifications, and whether pending rows were left for the limits.
-        """
-        found = self._run(self._claim, scope.claim_parameters(limit, budget))
-        return messages.claimed(found), bool(found and found[0][-1])
-
-    def claim_rows(self, ids: Iterable[int]) -> list[messages.Row]:
-        """Locks the pending rows ``ids`` that no other claim holds, and returns their
-        notifications as ``claim`` does."""
-        return messages.claimed(self._run(sql.CLAIM_ROWS, {"ids": sorted(ids)}))
-
-    def formed_batches(self, row_ids: Iterable[int], listeners: Iterable[str]) -> list[Formed]:
-        """The batches of ``listeners`` (task names) earlier claims formed of notifications
-        of the rows ``row_ids``."""
-        found = self._run(sql.FORMED_BATCHES, [sorted(listeners), sorted(row_ids)])
-        return [Formed(task_id, listener, tuple(zip(ids, positions, strict=True)))
-                for task_id, listener, ids, positions in found]
-
-    def form(self, batches: Sequence[messages.Delivery]) -> None:
-        """Keeps the batches about to be published, committed before their messages leave:
-        on a connection of its own, since the claim's transaction dies with its bridge."""
-        if not batches:
-            return
-        value = json.dumps([[batch.task_id, batch.listener.task_name, *map(list, zip(
-            *dispatch.members(batch), strict=True))] for batch in batches])
+    def run_apart(self, statement: str, params: Any) -> None:
+        """Runs and commits ``statement`` on a connection of its own, whatever becomes of the
+        transaction in progress: what must outlive a claim that dies with its bridge."""
         try:
-            if self._side is None:
-                self._side = self._open({**self._params,
-                                         "application_name": BATCHES_APPLICATION_NAME})
-            with self._guarded(self._side.fileno), self._side.cursor() as cursor:
-                cursor.execute(sql.FORM_BATCHES, [value])
+            if self._apart is None:
+                self._apart = self._open({**self._params,
+                                          "application_name": APART_APPLICATION_NAME})
+            with self._guarded(self._apart.fileno), self._apart.cursor() as cursor:
+                cursor.execute(statement, params)
         except self.errors:
             with contextlib.suppress(*self.errors):
-                if self._side is not None:
-                    self._side.close()
-            self._side = None
+                if self._apart is not None:
+                    self._apart.close()
+            self._apart = None
             raise
-
-    def unform(self, task_ids: Sequence[str]) -> None:
-        """Forgets the claim's batches, with its rows."""
-        if task_ids:
-            self._defer(sql.FORGET_BATCHES, [list(task_ids)])
-
-    def fail(self, failures: Sequence[Failure]) -> None:
-        """Keeps the claimed notifications that cannot be dispatched as failed rows."""
-        if failures:
-            self._defer(sql.FAIL, fail_parameters(failures))
-
-    def delete(self, ids: Iterable[int]) -> None:
-        """Deletes the claimed rows, but those ``fail`` has just marked."""
-        self._defer(sql.DELETE, delete_parameters(ids))
-
-    def prune(self, retention: datetime.timedelta) -> None:
-        """Forgets the ``atomic=True`` task ids and the formed batches older than
-        ``retention``, and the deliveries that finished before
-        ``conf.FINISHED_DELIVERY_RETENTION``."""
-        with self.transaction():
-            self._defer(sql.PRUNE_TASK_RECORDS, [retention])
-            self._defer(sql.PRUNE_BATCHES, [retention])
-            self._defer(sql.PRUNE_DELIVERIES, [conf.FINISHED_DELIVERY_RETENTION])
-
-    def remember(self, deliveries: Sequence[Remembered]) -> None:
-        """Remembers deliveries about to be published, until their tasks finish."""
-        if not deliveries:
-            return
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        for delivery, seconds in deliveries:
-            row = delivery.row
-            stored = messages.stored(delivery.rows, delivery.listener.batch is not None)
-            for column, value in zip(columns, (delivery.task_id, delivery.listener.task_name,
-                                               row.id, row.channel, row.trigger, *stored,
-                                               seconds), strict=True):
-                column.append(value)
-        self._run(sql.REMEMBER_DELIVERIES, columns)
-
-    def forget(self, task_ids: Sequence[str]) -> None:
-        """Forgets remembered deliveries whose messages were not sent after all."""
-        if task_ids:
-            self._defer(sql.FORGET_DELIVERIES, [list(task_ids)])
-
-    def due_deliveries(self, limit: int,
-                       channels: Sequence[str] | None) -> list[list[messages.Row]]:
-        """Locks up to ``limit`` unfinished deliveries (of ``channels``) due to be published
-        again, each as the rows it goes out with: their listener and task id set."""
-        names = list(channels) if channels else None
-        due: dict[str, list[messages.Row]] = {}
-        for (task_id, listener, notification, channel, trigger, payload, context, position,
-             seed) in self._run(sql.DUE_DELIVERIES, [names, names, limit]):
-            due.setdefault(task_id, []).append(messages.Row(
-                notification, position, uuid.UUID(seed) if seed else messages.NO_SEED, channel,
-                trigger, payload, context, listener, task_id))
-        return list(due.values())
-
-    def redelivered(self, task_ids: Sequence[str]) -> None:
-        """Counts a new publish of these deliveries; each is due again a period from now."""
-        if task_ids:
-            self._defer(sql.REDELIVERED, [list(task_ids)])
-
-    def next_redelivery(self, channels: Sequence[str] | None) -> float | None:
-        """Seconds until the next unfinished delivery (of ``channels``) is due, if any."""
-        names = list(channels) if channels else None
-        with self.transaction():
-            [(seconds,)] = self._run(sql.NEXT_REDELIVERY, [names, names])
-        return None if seconds is None else float(seconds)
-
-    def backlog(self) -> list[tuple[Any, ...]]:
-        """(channel, pending notifications, oldest one's age in seconds or None, failed rows)
-        of every channel with rows in the outbox, whichever bridge serves it."""
-        with self.transaction():
-            return self._run(sql.BACKLOG)
 
     @abc.abstractmethod
     def _open(self, params: dict[str, Any]) -> Any:

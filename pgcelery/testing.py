@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from pgcelery import conf, dispatch, messages, publish, registry, sql, worker
-from pgcelery.connector import Scope, delete_parameters, fail_parameters
+from pgcelery.store import Scope, delete_parameters, fail_parameters
 
 __all__ = ["UndeliverableNotification", "deliver", "deliver_pending"]
 

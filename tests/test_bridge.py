@@ -19,15 +19,17 @@ from django.utils import timezone
 import pgcelery
 from pgcelery import messages, registry, sql
 from pgcelery.bridge import Bridge, ClaimSize
-from pgcelery.connector import Scope
 from pgcelery.models import Notification
 from pgcelery.publish import BrokerUnavailable, Publisher
 from pgcelery.registry import Listener
 from pgcelery.status import channel_status
+from pgcelery.store import Scope
 from tests import support
 from tests.support import insert_raw
 from tests.testapp.channels import Message, Routed, Tally, WithContext
 from tests.testapp.models import Writer
+
+pytestmark = [pytest.mark.connector, pytest.mark.broker]
 
 MESSAGE = "tests.testapp.channels.Message"
 
@@ -219,8 +221,8 @@ def test_a_context_counts_once_per_notification_it_goes_with_and_is_held_once(
         pgcelery.set_notification_context(context)
         Writer.objects.bulk_create(Writer(name=str(n)) for n in range(3 * sql.CHUNK))
     [outbox] = bridge.outboxes
-    with outbox.connector.transaction():
-        rows, left = outbox.connector.claim(1000, bridge.batch_bytes, bridge.scope)
+    with outbox.store.transaction():
+        rows, left = outbox.store.claim(1000, bridge.batch_bytes, bridge.scope)
     assert (len(rows), left) == (sql.CHUNK, True)  # one chunk's 4 MB of context fit 6 MiB
     assert all(row.context is rows[0].context for row in rows)
     assert json.loads(rows[0].context) == context
@@ -265,7 +267,7 @@ def publish_and_lose_the_commit(bridge, limit):
     """Publishes one claim of up to ``limit`` notifications, whose transaction is then lost
     before its commit."""
     [outbox] = bridge.outboxes
-    with pytest.raises(RuntimeError), outbox.connector.transaction():
+    with pytest.raises(RuntimeError), outbox.store.transaction():
         rows, formed, _ = bridge._claim(outbox, limit, bridge.batch_bytes)
         bridge._dispatch_all(rows, outbox, formed)
         raise RuntimeError("the connection was lost before the commit")
@@ -411,8 +413,8 @@ def test_messages_are_published_with_publisher_confirms(bridge):
 def test_rows_published_but_never_committed_go_again_with_the_same_task_ids(bridge):
     pgcelery.notify(WithContext, n=1)
     [outbox] = bridge.outboxes
-    with pytest.raises(RuntimeError), outbox.connector.transaction():
-        rows, _ = outbox.connector.claim(10, bridge.batch_bytes, bridge.scope)
+    with pytest.raises(RuntimeError), outbox.store.transaction():
+        rows, _ = outbox.store.claim(10, bridge.batch_bytes, bridge.scope)
         bridge._dispatch_all(rows, outbox)
         raise RuntimeError("the bridge died after publishing, before its commit")
     assert bridge.drain() == 1
@@ -507,6 +509,7 @@ MALFORMED_CHUNKS = [
 ]
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 @pytest.mark.parametrize(("side", "chunk"), MALFORMED_CHUNKS)
 def test_a_malformed_row_from_a_writer_is_failed_and_never_blocks_the_rest(bridge, side, chunk):
     """It raised out of the claim (a uuid cast), so the bridge exited on every restart, or it

@@ -29,6 +29,8 @@ from tests.testapp.channels import Kept, KeptTally, Lingering, Message, Slow
 from tests.testapp.listeners import kept_redelivered, kept_tallies, lingering
 from tests.testapp.models import Event
 
+pytestmark = [pytest.mark.connector]
+
 
 def private_env(server, **extra):
     return support.subprocess_env(CELERY_BROKER_URL=server.url, **extra)
@@ -199,7 +201,7 @@ def test_an_unfinished_delivery_is_published_again_under_its_task_id_when_due(br
     Delivery.objects.update(redeliver_at=timezone.now() - datetime.timedelta(seconds=1))
     [outbox] = bridge.outboxes
     outbox.redeliver_at = 0.0
-    bridge._redeliver_if_due(outbox)
+    bridge.redelivery.if_due(outbox)
 
     [(name, (task_id, envelope))] = envelopes().items()
     assert (name, task_id, envelope["payload"]) == (kept_redelivered.name, first['{"n": 1}'],
@@ -214,7 +216,7 @@ def test_an_unfinished_delivery_is_published_again_under_its_task_id_when_due(br
 def test_a_worker_finishing_before_the_bridge_commits_waits_for_it(bridge):
     pgcelery.notify(Kept, n=1)
     [outbox] = bridge.outboxes
-    connector = outbox.connector
+    store = outbox.store
     finished = threading.Event()
 
     def finish(task_id):
@@ -224,8 +226,8 @@ def test_a_worker_finishing_before_the_bridge_commits_waits_for_it(bridge):
             connections.close_all()
         finished.set()
 
-    with connector.transaction():
-        rows, _ = connector.claim(10, bridge.batch_bytes, bridge.scope)
+    with store.transaction():
+        rows, _ = store.claim(10, bridge.batch_bytes, bridge.scope)
         bridge._dispatch_all(rows, outbox)
         [(task_id, _)] = [sent for name, sent in envelopes().items()
                           if name == kept_redelivered.name]
@@ -233,7 +235,7 @@ def test_a_worker_finishing_before_the_bridge_commits_waits_for_it(bridge):
         thread = threading.Thread(target=finish, args=[task_id])
         thread.start()
         assert not finished.wait(1.0)  # waits on the row the bridge has not committed
-        connector.delete(row.id for row in rows)
+        store.delete(row.id for row in rows)
     thread.join(10)
     assert finished.is_set()
     assert Delivery.objects.get(task_id=task_id).finished_at is not None
@@ -263,7 +265,7 @@ def test_an_unusable_redeliver_after_is_refused_where_it_is_declared(value):
 def test_a_finished_delivery_published_again_is_run_once_its_bridge_commits(bridge):
     pgcelery.notify(Kept, n=1)
     [outbox] = bridge.outboxes
-    connector = outbox.connector
+    store = outbox.store
     bridge.drain()
     [(task_id, _)] = [sent for name, sent in envelopes().items() if name == kept_redelivered.name]
     worker_side.finish_delivery("default", task_id)
@@ -280,9 +282,9 @@ def test_a_finished_delivery_published_again_is_run_once_its_bridge_commits(brid
     [delivery] = Delivery.objects.all()
     row = messages.Row(delivery.notification, 0, uuid.uuid4(), KEPT, "", '{"n": 1}', None,
                        kept_redelivered.name, task_id)
-    with connector.transaction():
+    with store.transaction():
         listener = registry.find(KEPT, "", kept_redelivered.name)
-        connector.remember([(messages.Delivery(listener, task_id, [row]), 3.0)])
+        store.remember([(messages.Delivery(listener, task_id, [row]), 3.0)])
         thread = threading.Thread(target=check)
         thread.start()
         thread.join(1.0)
