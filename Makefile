@@ -1,9 +1,11 @@
 # make demo   - the blog example end to end (embedded PostgreSQL and Redis when none runs)
 # make lint   - ruff, and mypy on pgcelery/ and a typed user module (tests/typed_usage.py)
 # make test   - lint and the whole test suite against real PostgreSQL, Redis and Celery workers
-#             on psycopg2, then the broker-facing, end-to-end and fault tests on psycopg 3, and
-#             the broker-facing tests on RabbitMQ when one runs on 127.0.0.1:5672
-# make test-fast - the unit and integration tiers (PostgreSQL and Redis only), in seconds
+#             on psycopg2, and side by side with it the tests marked `connector` on psycopg 3
+#             and those marked `broker` on RabbitMQ when one runs on 127.0.0.1:5672
+#             (OLDEST=python3.10: and the suite on the oldest releases, beside it too)
+# make test-fast - the unit and integration tiers (PostgreSQL and Redis only, no subprocess),
+#             in seconds; lint apart (make lint)
 # make bench / make bench-quick - the benchmark (full, or smaller sizes)
 # make test-oldest - the suite on Python 3.10 with the oldest supported Django, Celery, pgtrigger
 # make soak      - writers at a steady rate for 10 minutes (SOAK_ARGS="--minutes 30 --rate 200")
@@ -17,10 +19,17 @@ RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672//
 BIN := $(VENV)/bin
 SERVICES := $(BIN)/python scripts/with_services.py
 
-#: The tests that talk to the broker or run the real commands: each driver and broker runs them.
-BROKER_TESTS := tests/test_bridge.py tests/test_databases.py tests/test_e2e.py
+#: Runs side by side each take a slot of their own (a database, Redis databases): see
+#: scripts/with_services.py. A suite's passes take SLOT and the next two.
+SLOT ?= 0
+#: The tiers each pass runs (a marker expression; all when empty).
+TIERS ?=
+#: The oldest releases run every tier but the fault tests, whose outcome is this code's; in
+#: slots of their own when they run beside the newest (.ci/run).
+OLDEST_TIERS ?= not faults
+OLDEST_SLOT ?= $(SLOT)
 
-.PHONY: install demo test test-suite test-fast test-psycopg test-rabbitmq test-oldest lint docs bench bench-quick soak clean
+.PHONY: install demo test test-suite test-main test-fast test-psycopg test-rabbitmq test-oldest lint docs bench bench-quick soak clean
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -40,28 +49,32 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-test: lint test-suite
+# With OLDEST (a Python 3.10), the suite on the oldest releases runs beside it (slots 3 to 5).
+test: lint
+	$(MAKE) --no-print-directory --output-sync=target -j2 test-suite \
+		$(if $(OLDEST),test-oldest PYTHON_OLDEST=$(OLDEST) OLDEST_SLOT=3)
 
-# Every run of the suite, without the lint (which needs the newest releases).
+# Every pass of the suite, side by side, each printed whole once it ends; without the lint
+# (which needs the newest releases).
 test-suite: install
-	$(SERVICES) $(BIN)/python -m pytest $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-psycopg
-	$(MAKE) --no-print-directory test-rabbitmq
+	$(MAKE) --no-print-directory --output-sync=target -j3 test-main test-psycopg test-rabbitmq
 
-test-fast: lint
+test-main: install
+	PGCELERY_TEST_SLOT=$(SLOT) $(SERVICES) \
+		$(BIN)/python -m pytest $(if $(TIERS),-m "$(TIERS)") $(PYTEST_ARGS)
+
+test-fast: install
 	$(SERVICES) $(BIN)/python -m pytest -m "unit or integration" $(PYTEST_ARGS)
 
 test-psycopg: install
-	PGCELERY_TEST_DRIVER=psycopg $(SERVICES) \
-		$(BIN)/python -m pytest $(BROKER_TESTS) tests/test_faults.py tests/test_notify.py \
-			tests/test_redelivery.py tests/test_pgbouncer.py tests/test_hung_peers.py \
-			tests/test_tracing.py tests/test_metrics.py tests/test_schema.py tests/test_testing.py
+	PGCELERY_TEST_DRIVER=psycopg PGCELERY_TEST_SLOT=$$(($(SLOT) + 1)) $(SERVICES) \
+		$(BIN)/python -m pytest -m "connector$(if $(TIERS), and ($(TIERS)))"
 
 test-rabbitmq: install
 	@if $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5672), 1)" \
 			2>/dev/null; then \
-		CELERY_BROKER_URL='$(RABBITMQ_URL)' $(SERVICES) \
-			$(BIN)/python -m pytest $(BROKER_TESTS); \
+		CELERY_BROKER_URL='$(RABBITMQ_URL)' PGCELERY_TEST_SLOT=$$(($(SLOT) + 2)) $(SERVICES) \
+			$(BIN)/python -m pytest -m "broker$(if $(TIERS), and ($(TIERS)))"; \
 	else \
 		echo "No RabbitMQ on 127.0.0.1:5672: the RabbitMQ run is skipped."; \
 	fi
@@ -76,8 +89,8 @@ soak: install
 	$(SERVICES) $(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 test-oldest:
-	$(MAKE) test-suite PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest \
-		CONSTRAINTS=tests/oldest-constraints.txt EXTRAS=test,embedded,psycopg
+	$(MAKE) test-suite PYTHON=$(PYTHON_OLDEST) VENV=.venv-oldest TIERS="$(OLDEST_TIERS)" \
+		SLOT=$(OLDEST_SLOT) CONSTRAINTS=tests/oldest-constraints.txt EXTRAS=test,embedded,psycopg
 
 clean:
 	rm -rf .venv .venv-oldest build dist *.egg-info example_project/.demo-logs

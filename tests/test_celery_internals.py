@@ -93,6 +93,7 @@ def test_send_message_publishes_to_the_routed_queue():
     assert received.headers["id"] == "sent-id"
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_the_fallback_app_is_the_one_celery_makes_up(app):
     """In a process of its own: in this one, the test project's app is the default."""
     script = ("from celery import current_app\n"

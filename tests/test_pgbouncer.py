@@ -29,6 +29,7 @@ pytestmark = [
     pytest.mark.usefixtures("transactional_db"),
     pytest.mark.skipif(not os.path.exists(PGBOUNCER),
                        reason="pgbouncer is not installed (Debian's package pgbouncer)"),
+    pytest.mark.connector,
 ]
 
 

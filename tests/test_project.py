@@ -46,7 +46,7 @@ def test_the_wheel_alone_runs_the_example_end_to_end(wheel, tmp_path, transactio
     url = support.database_url({**connection.settings_dict, "NAME": name})
     env = {key: value for key, value in os.environ.items()
            if key not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
-    env.update(DATABASE_URL=url, CELERY_BROKER_URL=support.isolated_broker_url(7))
+    env.update(DATABASE_URL=url, CELERY_BROKER_URL=support.isolated_broker_url())
     try:
         demo = subprocess.run([python, "demo.py"], cwd=support.EXAMPLE, env=env,
                               capture_output=True, text=True, timeout=300)

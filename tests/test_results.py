@@ -11,7 +11,7 @@ from tests.testapp.models import Event
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
-RESULTS = "redis://127.0.0.1:6379/8"
+RESULTS = support.redis_url()
 
 
 def test_a_repeated_atomic_task_id_leaves_the_first_runs_result_alone(spawn):

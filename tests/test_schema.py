@@ -13,7 +13,7 @@ from django.db import connection
 
 from tests import support
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.connector]
 
 #: The last release whose migrations created the functions in pg_catalog.
 PG_CATALOG_RELEASE = "a44430f"

@@ -16,6 +16,7 @@ def status(*args, **env):
     return support.manage("pgcelery_status", *args, **env)
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_status_lists_pending_rows_per_channel_and_exits_0():
     assert json.loads(status("--json").stdout) == {"channels": []}
     for n in range(3):
@@ -31,6 +32,7 @@ def test_status_lists_pending_rows_per_channel_and_exits_0():
     assert "tests.testapp.channels.Message" in table.stdout
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_failed_rows_exit_2_with_their_reasons():
     with connection.cursor() as cursor:
         cursor.execute(
@@ -48,6 +50,7 @@ def test_failed_rows_exit_2_with_their_reasons():
     assert "why" in status().stdout
 
 
+@pytest.mark.e2e  # runs a manage.py command as a subprocess
 def test_status_exits_1_when_it_cannot_tell():
     url = support.database_url(connection.settings_dict)
     missing = status(DATABASE_URL=url.replace(connection.settings_dict["NAME"], "no_such_db"))

@@ -19,6 +19,8 @@ from tests import support
 from tests.testapp.channels import Greeting, Message, Outcome, Tally, WithContext
 from tests.testapp.models import Event, Writer
 
+pytestmark = [pytest.mark.connector]
+
 
 def events(listener: str) -> list[dict]:
     return list(Event.objects.filter(listener=listener).order_by("pk")

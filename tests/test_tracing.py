@@ -23,6 +23,8 @@ from tests import support
 from tests.testapp.channels import Message
 from tests.testapp.models import Writer
 
+pytestmark = [pytest.mark.connector]
+
 PROVIDER = TracerProvider()
 EXPORTER = InMemorySpanExporter()
 PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
