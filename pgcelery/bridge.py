@@ -211,9 +211,9 @@ class Bridge:
             self.channels or registry.registered_channels(), self.state,
             metrics_address or conf.metrics_address(), port)
         #: ``/health`` reports a bridge stuck once a database's loop made no progress for
-        #: this long. With
-        #: metrics on it ticks every ``BACKLOG_INTERVAL`` at the latest, and a transaction
-        #: takes up to the database timeout before the watchdog ends it.
+        #: this long. With metrics on, each loop ticks every ``BACKLOG_INTERVAL`` at the
+        #: latest, and a transaction takes up to the database timeout before the watchdog
+        #: ends it.
         self.stuck_after = 2 * (metrics.BACKLOG_INTERVAL + conf.database_timeout())
         # Signals write to _wake_w (set_wakeup_fd), so a stop ends any wait at once.
         self._wake_r, self._wake_w = socket.socketpair()
