@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+import typing
 from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -27,13 +28,13 @@ from wsgiref.simple_server import WSGIServer
 from celery import Celery
 from django.core.exceptions import ImproperlyConfigured
 
-from pgcelery import conf, dispatch, messages, metrics, registry
+from pgcelery import conf, dispatch, keys, messages, metrics, registry
 from pgcelery.channels import pg_channel
 from pgcelery.connector import Connector, connector_for
 from pgcelery.dispatch import Failure, Formed
 from pgcelery.publish import BrokerUnavailable, MessageRefused, Publisher
 from pgcelery.redelivery import Redelivery
-from pgcelery.store import DatabaseStore, OutboxStore, Scope
+from pgcelery.store import DatabaseStore, OutboxStore, Remembered, Scope
 from pgcelery.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -149,12 +150,21 @@ class Outbox:
         self.sweep_at = 0.0
         #: When the next unfinished delivery of a ``redeliver_after`` listener is due.
         self.redeliver_at = 0.0
+        #: When the next debounced notification is due; every turn releases what it can.
+        self.release_at = 0.0
         self.pruned_at: float | None = None
 
     def next_turn(self) -> float:
         if not self.connector.connected:
             return self.health.retry_at
-        return min(self.sweep_at, self.redeliver_at)
+        return min(self.sweep_at, self.redeliver_at, self.release_at)
+
+    def remembered(self, deliveries: Sequence[Remembered]) -> None:
+        """Looks for unfinished deliveries again when the first of ``deliveries``, just
+        remembered, may be due."""
+        if deliveries:
+            soonest = time.monotonic() + min(period for _, period in deliveries)
+            self.redeliver_at = min(self.redeliver_at, soonest)
 
     def lost(self, exc: Exception) -> None:
         """Closes the connection that failed with ``exc``; it is retried at the backoff."""
@@ -200,9 +210,12 @@ class Bridge:
             lambda: self.stopping,
         ) if any(listener.redelivery_period() is not None for listener in served) else None
         #: The task names of the listeners with ``batch`` served here, whose batches are
-        #: formed once, for good.
+        #: formed once, for good (a keyed listener's, when released).
         self.batch_listeners = sorted(listener.task_name for listener in served
-                                      if listener.batch is not None)
+                                      if listener.batch is not None and listener.keys is None)
+        keyed = [listener for listener in served if listener.keys is not None]
+        #: Only where a listener served here has key options.
+        self.release = keys.Release(keyed, self.batch_size, self._send) if keyed else None
         self.broker = Dependency("broker", "", max_backoff)
         self.stopping = False
         #: Served on ``/metrics`` and ``/health``, if anywhere.
@@ -315,6 +328,8 @@ class Bridge:
             if not outbox.connector.connected:
                 self._connect(outbox)
             self._drain(outbox)
+            if self.release is not None:
+                self._release(outbox)
             if self.redelivery is not None:
                 self.redelivery.if_due(outbox)
             self._prune_if_due(outbox)
@@ -383,6 +398,8 @@ class Bridge:
         if outbox.connector.connected:
             try:
                 self.metrics.set_backlog(outbox.alias, outbox.store.backlog())
+                if self.release is not None:
+                    self.metrics.set_waiting(outbox.alias, outbox.store.waiting_counts())
             except outbox.connector.errors as exc:
                 outbox.lost(exc)
         try:
@@ -508,13 +525,16 @@ class Bridge:
 
         The batches formed here are committed before any message leaves, so that a claim
         that finds their notifications again sends the same batches; the deliveries of
-        ``redeliver_after`` listeners are remembered, in the claim's transaction.
+        ``redeliver_after`` listeners are remembered, and the notifications of listeners with
+        key options parked to wait for their keys, in the claim's transaction.
         """
         failed: list[Failure] = []
         sent: list[messages.Delivery] = []
         if not rows:
             return failed, sent
-        deliveries = dispatch.deliveries(rows, failed, formed)
+        parked: list[tuple[registry.Listener, messages.Row]] = []
+        deliveries = dispatch.deliveries(rows, failed, formed, parked)
+        outbox.store.park(parked)
         batches = [delivery for delivery in deliveries
                    if delivery.listener.batch is not None and delivery.row.task_id is None]
         again = {batch.task_id for batch in formed}
@@ -524,7 +544,7 @@ class Bridge:
         remembered = [(delivery, period) for delivery in deliveries
                       if (period := periods[delivery.listener]) is not None]
         outbox.store.remember(remembered)
-        with outbox.publisher.batch():
+        with outbox.publisher.grouped():
             for delivery in deliveries:
                 reason = self._send(delivery, outbox)
                 if reason is None:
@@ -537,10 +557,17 @@ class Bridge:
             delivery.task_id for delivery, _ in remembered
             if any((row.id, row.position) in failed_rows for row in delivery.rows)])
         outbox.store.unform([batch.task_id for batch in batches])
-        if remembered:
-            soonest = time.monotonic() + min(period for _, period in remembered)
-            outbox.redeliver_at = min(outbox.redeliver_at, soonest)
+        outbox.remembered(remembered)
         return failed, sent
+
+    def _release(self, outbox: Outbox) -> None:
+        """Publishes the waiting notifications that their keys allow now."""
+        started = time.monotonic()
+        sent = typing.cast(keys.Release, self.release).turn(outbox)
+        if self.metrics is not None and sent:
+            self.metrics.published(sent, started)
+        if sent:
+            logger.info("Released %d delivery(ies) waiting for their keys.", len(sent))
 
     def _send(self, delivery: messages.Delivery, outbox: Outbox) -> str | None:
         """Publishes the delivery's task; returns why it cannot be, or None once done."""

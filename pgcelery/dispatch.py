@@ -31,11 +31,14 @@ class Formed(typing.NamedTuple):
     members: tuple[Member, ...]
 
 
-def deliveries(rows: list[messages.Row], failed: list[Failure],
-               formed: Iterable[Formed] = ()) -> list[messages.Delivery]:
+def deliveries(rows: list[messages.Row], failed: list[Failure], formed: Iterable[Formed] = (),
+               parked: list[tuple[Listener, messages.Row]] | None = None,
+               ) -> list[messages.Delivery]:
     """The rows' task messages: one per listener and notification, and for a listener with
     ``batch``, one per batch of its notifications in commit order, or the batch ``formed``
-    holds a notification in. Rows that cannot be sent join ``failed``."""
+    holds a notification in. Rows that cannot be sent join ``failed``; with ``parked``,
+    the notifications of listeners with key options join it instead, to wait for their
+    keys (a failed delivery retried goes at once: it is the one its key waits for)."""
     found: list[messages.Delivery] = []
     #: (listener, the outbox row of a failed batch put back in the queue, or None)
     batches: dict[tuple[Listener, int | None], list[messages.Row]] = {}
@@ -47,6 +50,9 @@ def deliveries(rows: list[messages.Row], failed: list[Failure],
             failed.append(failure(row, listeners))
             continue
         for listener in listeners:
+            if parked is not None and listener.keys is not None and row.task_id is None:
+                parked.append((listener, row))
+                continue
             if listener.batch is None:
                 found.append(messages.Delivery.of(listener, [row]))
                 continue

@@ -14,7 +14,7 @@ import pgtrigger
 from celery import Task, shared_task
 from celery.local import Proxy
 
-from pgcelery import channels, conf, registry, triggers, worker
+from pgcelery import channels, conf, keys, registry, triggers, worker
 
 #: Options that say where and how the bridge dispatches the listener's task.
 DISPATCH_OPTIONS = ("queue", "priority", "countdown", "expires")
@@ -44,8 +44,12 @@ def listener(channel: channels.ChannelRef, **options: Any) -> ListenerDecorator:
             ``redeliver_after=SECONDS`` to publish a delivery again while its task has not
             finished that long after its publish (``None`` turns off
             ``PGCELERY_REDELIVER_AFTER`` for this listener); ``batch=N`` to receive up to N
-            notifications at once, as a list in the one argument ``notifications``; any
-            other option goes to ``shared_task`` when decorating a plain function.
+            notifications at once, as a list in the one argument ``notifications``;
+            ``key=FIELD`` with ``ordered=True`` (or ``"block"``), ``debounce=SECONDS``
+            (``debounce_max=SECONDS``) or ``concurrency=N`` to run the notifications of one
+            key in commit order, one at a time, merged, or N at most at once (see
+            ``pgcelery.keys``); any other option goes to ``shared_task`` when decorating a
+            plain function.
     """
     resolved = _channel_of_kind(channel, channels.Channel, "listener")
     return _decorator(resolved, "", options)
@@ -133,8 +137,13 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Listener
     atomic = bool(options.pop("atomic", False))
     redeliver_after = _redeliver_after(options)
     batch = _batch(options)
-    dispatch = {key: options.pop(key) for key in DISPATCH_OPTIONS if key in options}
+    keyed = keys.of(channel, options)
     name = channels.channel_name(channel)
+    if keyed is not None and redeliver_after is None:
+        raise TypeError(f"Listener of {name}: key options need redeliver_after, which frees "
+                        "the key of a worker lost mid-task; leave it out (300 s) or give the "
+                        "seconds.")
+    dispatch = {key: options.pop(key) for key in DISPATCH_OPTIONS if key in options}
 
     def decorate(target: Any) -> Any:
         if batch is not None:
@@ -150,7 +159,8 @@ def _decorator(channel: type, trigger: str, options: dict[str, Any]) -> Listener
             result = shared_task(**options)(target)
         task = worker.adopt(result)
         registry.register(
-            registry.Listener(task.name, name, trigger, dispatch, atomic, redeliver_after, batch)
+            registry.Listener(task.name, name, trigger, dispatch, atomic, redeliver_after, batch,
+                              keyed)
         )
         return result
 

@@ -100,6 +100,8 @@ class Metrics:
         self._served = list(served_channels)
         #: The last rows read from each database: (channel, pending, oldest age, failed).
         self._backlogs: dict[str, list[tuple[Any, ...]]] = {}
+        #: The last counts read from each database: (channel, listener, waiting).
+        self._waiting: dict[str, list[tuple[str, str, int]]] = {}
         self.registry.register(_Gauges(self))
 
     def published(self, deliveries: Iterable[messages.Delivery], claimed: float) -> None:
@@ -121,6 +123,19 @@ class Metrics:
         """Keeps what ``database``'s outbox holds now (``Connector.backlog``); a database
         that cannot be read keeps its last figures."""
         self._backlogs[database] = rows
+
+    def set_waiting(self, database: str, counts: list[tuple[str, str, int]]) -> None:
+        """Keeps how many notifications wait for their keys in ``database`` now."""
+        self._waiting[database] = counts
+
+    def waiting(self) -> dict[tuple[str, str], int]:
+        """Per (channel, listener), the notifications waiting for their keys, summed over
+        the databases."""
+        total: collections.Counter[tuple[str, str]] = collections.Counter()
+        for counts in list(self._waiting.values()):
+            for channel, listener, count in counts:
+                total[channel, listener] += count
+        return dict(total)
 
     def backlog(self) -> dict[str, Backlog]:
         """Each channel's rows summed over the databases; a channel this bridge serves shows
@@ -170,13 +185,18 @@ class _Gauges(Collector):
             pending.add_metric([channel], counts.pending)
             oldest.add_metric([channel], counts.oldest_pending_seconds or 0.0)
             failed.add_metric([channel], counts.failed)
+        waiting = GaugeMetricFamily(
+            "pgcelery_waiting", "Notifications of listeners with key options waiting for their "
+            "key or a slot.", labels=["channel", "listener"])
+        for (channel, listener), count in sorted(self.metrics.waiting().items()):
+            waiting.add_metric([channel, listener], count)
         up = GaugeMetricFamily("pgcelery_up", "Whether the bridge reaches the dependency.",
                                labels=["dependency"])
         dependencies = self.metrics.state().dependencies
         for kind in ("database", "broker"):
             up.add_metric([kind], float(all(dependency.up for dependency in dependencies
                                             if dependency.kind == kind)))
-        yield from (pending, oldest, failed, up)
+        yield from (pending, oldest, failed, waiting, up)
 
 
 class _QuietHandler(WSGIRequestHandler):

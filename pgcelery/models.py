@@ -96,6 +96,11 @@ class Delivery(models.Model):
                   "notifications.",
     )
     period = models.DurationField(null=True, help_text="The listener's redeliver_after.")
+    key = models.JSONField(
+        null=True, blank=True,
+        help_text="For a listener with key=: the key of its notification(s), held while it "
+                  "runs.",
+    )
     publishes = models.PositiveIntegerField(default=1)
     redeliver_at = models.DateTimeField(null=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -112,6 +117,12 @@ class Delivery(models.Model):
                 fields=["finished_at"],
                 condition=models.Q(finished_at__isnull=False),
                 name="pgcelery_delivery_done_idx",
+            ),
+            # The deliveries in flight of each listener and key, which limit its next ones.
+            models.Index(
+                fields=["listener", "key"],
+                condition=models.Q(finished_at__isnull=True),
+                name="pgcelery_delivery_busy_idx",
             ),
         ]
 
@@ -138,6 +149,40 @@ class FormedBatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.listener}[{self.task_id}]"
+
+
+class Waiting(models.Model):
+    """A notification of a listener with ``key``, ``ordered``, ``debounce`` or
+    ``concurrency``, waiting in PostgreSQL (not in the broker) until its key or a slot of
+    the listener is free.
+
+    The claim that takes the notification from the outbox moves it here, in its
+    transaction; the bridge publishes it once the listener's deliveries in flight allow
+    (``pgcelery_delivery``), and deletes it in the transaction that remembers its delivery.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    listener = models.TextField(help_text="The listener task it goes to.")
+    key = models.JSONField(null=True, blank=True,
+                           help_text="The value of the listener's key field; null without key=.")
+    notification = models.BigIntegerField(help_text="The id the notification had in the outbox.")
+    position = models.IntegerField(default=0, help_text="Its position in that outbox row.")
+    seed = models.UUIDField(help_text="Seeds its task id, as the outbox row's uuid does.")
+    channel = models.TextField()
+    trigger = models.TextField(blank=True)
+    payload = models.JSONField()
+    context = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(help_text="When the writer recorded it.")
+
+    class Meta:
+        db_table = "pgcelery_waiting"
+        indexes = [
+            models.Index(fields=["listener", "key", "notification", "position"],
+                         name="pgcelery_waiting_order_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.listener} #{self.notification}"
 
 
 class TaskRecord(models.Model):

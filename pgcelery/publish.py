@@ -158,8 +158,9 @@ class Publisher:
             self.reached_at = time.monotonic()
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Groups the publishes made inside; all of them reached the broker when it exits.
+    def grouped(self) -> Iterator[None]:
+        """Groups the publishes made inside (one pipeline, not a listener's batch); all of
+        them reached the broker when it exits.
 
         Raises:
             BrokerUnavailable: if the broker cannot be reached; some of the messages may
@@ -268,14 +269,14 @@ class Publisher:
 
     def _open(self) -> Producer:
         if self._producer is None:
-            connection = self.app.connection_for_write(transport_options=self._options())
+            connection = self.app.connection_for_write(transport_options=self._transport_options())
             # Fail fast: the bridge has its own backoff, and keeps its rows meanwhile.
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
             self._connection = connection
             self._producer = celery_internals.producer(self.app, connection)
         return self._producer
 
-    def _options(self) -> dict[str, Any]:
+    def _transport_options(self) -> dict[str, Any]:
         """The transport's socket timeouts under ``broker_transport_options``, and
         publisher confirms."""
         driver = self.app.connection_for_write().transport.driver_type

@@ -54,7 +54,7 @@ class Redelivery:
             due = store.due_deliveries(self.round_size, self.channels)
             if not due:
                 return 0
-            with outbox.publisher.batch():
+            with outbox.publisher.grouped():
                 for rows in due:
                     self._send_again(rows, outbox)
             store.redelivered([rows[0].task_id for rows in due if rows[0].task_id])

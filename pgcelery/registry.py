@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgcelery import conf
+
+if TYPE_CHECKING:
+    from pgcelery.keys import Keys
+
+#: ``redeliver_after`` of a listener with key options where neither it nor
+#: ``PGCELERY_REDELIVER_AFTER`` sets one: a worker lost mid-task holds its key this long.
+KEYED_REDELIVER_AFTER = 300.0
 
 
 class Default(enum.Enum):
@@ -33,12 +40,17 @@ class Listener:
     redeliver_after: float | None | Default = Default.SETTING
     #: Most notifications one task receives at once; None: one per task, as its arguments.
     batch: int | None = None
+    #: ``key``, ``ordered``, ``debounce``, ``concurrency`` (see ``keys``); None: none of them.
+    keys: Keys | None = None
 
     def redelivery_period(self) -> float | None:
-        """``redeliver_after``, or ``PGCELERY_REDELIVER_AFTER`` where the listener set none."""
-        if self.redeliver_after is Default.SETTING:
-            return conf.redeliver_after()
-        return self.redeliver_after
+        """``redeliver_after``, or ``PGCELERY_REDELIVER_AFTER`` where the listener set none;
+        a listener with key options always has one, so that a lost worker's key is freed."""
+        period = (conf.redeliver_after() if self.redeliver_after is Default.SETTING
+                  else self.redeliver_after)
+        if period is None and self.keys is not None:
+            return KEYED_REDELIVER_AFTER
+        return period
 
 
 #: The module of every installed app where listeners are looked for, at start-up.

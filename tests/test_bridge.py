@@ -430,7 +430,7 @@ def test_one_task_on_two_channels_keeps_each_listeners_route(transactional_db):
     to_routed = Listener(task, "tests.testapp.channels.Routed", "", {"queue": "tests.routed"})
     publisher = Publisher(current_app._get_current_object())
     try:
-        with publisher.batch():
+        with publisher.grouped():
             for n, listener in enumerate([to_stats, to_routed, to_stats]):
                 row = messages.Row(n, 0, uuid.uuid4(), listener.channel, "", "{}", None)
                 publisher.publish(messages.Delivery(listener, f"task-{n}", [row]), "default")

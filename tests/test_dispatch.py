@@ -6,13 +6,12 @@ import json
 import uuid
 
 import pytest
-from celery import Celery
 
 from pgcelery import dispatch, messages, registry
-from pgcelery.bridge import Bridge, ClaimSize
+from pgcelery.bridge import ClaimSize
 from pgcelery.dispatch import Formed
 from pgcelery.messages import ENVELOPE
-from pgcelery.store import MemoryStore
+from tests import support
 
 pytestmark = pytest.mark.unit
 
@@ -93,15 +92,8 @@ def test_a_formed_batch_missing_notifications_leaves_its_rows_and_those_it_break
 
 @pytest.fixture
 def bridge():
-    """A bridge whose outbox is in memory and whose broker is kombu's in-memory transport."""
-    app = Celery("memory", set_as_current=False)
-    # Read and write URLs: CELERY_BROKER_URL in the environment outranks broker_url.
-    app.conf.broker_write_url = app.conf.broker_read_url = "memory://"
-    bridge = Bridge(app, batch_size=10)
-    [outbox] = bridge.outboxes
-    outbox.store = MemoryStore()
-    yield bridge
-    bridge.close()
+    with support.memory_bridge(batch_size=10) as bridge:
+        yield bridge
 
 
 def published(bridge):

@@ -45,7 +45,7 @@ def test_a_failed_listener_is_one_failed_delivery_retried_to_it_alone_under_its_
     status = support.manage("pgcelery_status", "--json")
     assert status.returncode == 2
     assert json.loads(status.stdout)["channels"] == [{
-        "channel": "tests.testapp.channels.Outcome", "pending": 0,
+        "channel": "tests.testapp.channels.Outcome", "pending": 0, "waiting": 0,
         "oldest_pending_seconds": None, "failed": 1,
         "failures": [{"id": failed.id, "reason": "RuntimeError: failing until allowed",
                       "listener": FAILS, "task_id": attempt.task_id}],

@@ -43,7 +43,7 @@ def row(n: int) -> messages.Row:
 def publish(listener: Listener, rows: list[messages.Row]) -> Publisher:
     publisher = Publisher(current_app._get_current_object())
     try:
-        with publisher.batch():
+        with publisher.grouped():
             for each in rows:
                 publisher.publish(messages.Delivery(listener, f"task-{each.id}", [each]),
                                   "default")
@@ -132,7 +132,7 @@ def test_a_batch_message_from_a_template_is_what_kombu_would_write():
     def published() -> list[dict]:
         publisher = Publisher(current_app._get_current_object())
         try:
-            with publisher.batch():
+            with publisher.grouped():
                 publisher.publish(delivery, "default")
         finally:
             publisher.close()

@@ -81,7 +81,7 @@ def test_a_countdown_listeners_message_waits_in_rabbitmq_not_in_the_queue(quorum
                        None)
     publisher = Publisher(quorum_app)
     try:
-        with publisher.batch():
+        with publisher.grouped():
             publisher.publish(messages.Delivery(listener, "delayed-1", [row]), "default")
         assert queued(quorum_app) == 0  # in RabbitMQ's delay queues, for 3 seconds
         support.wait_until(lambda: queued(quorum_app) == 1, timeout=60,

@@ -25,8 +25,8 @@ def test_status_lists_pending_rows_per_channel_and_exits_0():
     assert result.returncode == 0, result.stderr
     [entry] = json.loads(result.stdout)["channels"]
     assert entry.pop("oldest_pending_seconds") >= 0
-    assert entry == {"channel": "tests.testapp.channels.Message", "pending": 3, "failed": 0,
-                     "failures": []}
+    assert entry == {"channel": "tests.testapp.channels.Message", "pending": 3, "waiting": 0,
+                     "failed": 0, "failures": []}
     table = status()
     assert table.returncode == 0
     assert "tests.testapp.channels.Message" in table.stdout
@@ -44,7 +44,8 @@ def test_failed_rows_exit_2_with_their_reasons():
     result = status("--json")
     assert result.returncode == 2
     assert json.loads(result.stdout)["channels"] == [{
-        "channel": "x.channels.Y", "pending": 0, "oldest_pending_seconds": None, "failed": 1,
+        "channel": "x.channels.Y", "pending": 0, "waiting": 0, "oldest_pending_seconds": None,
+        "failed": 1,
         "failures": [{"id": failed_id, "reason": "why", "listener": None, "task_id": None}],
     }]
     assert "why" in status().stdout

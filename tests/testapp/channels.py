@@ -13,6 +13,7 @@ from tests.testapp.models import (
     Sample,
     Sku,
     Span,
+    Ticket,
     Writer,
 )
 
@@ -217,3 +218,49 @@ class Loose(Channel):
     """A field of any JSON, nested as deep as the writer likes."""
 
     data: dict
+
+
+@dataclass
+class Keyed(Channel):
+    """A notification of one key: its listener holds for ``hold`` seconds, and raises if
+    ``fail``."""
+
+    key: int
+    n: int
+    hold: float = 0.0
+    fail: bool = False
+
+
+@dataclass
+class KeyedInOrder(Keyed):
+    pass
+
+
+@dataclass
+class KeyedBlocking(Keyed):
+    pass
+
+
+@dataclass
+class KeyedDebounced(Keyed):
+    pass
+
+
+@dataclass
+class KeyedDebouncedMax(Keyed):
+    pass
+
+
+@dataclass
+class KeyedLimited(Keyed):
+    pass
+
+
+@dataclass
+class KeyedBatched(Keyed):
+    pass
+
+
+@dataclass
+class TicketChannel(TriggerChannel):
+    model = Ticket

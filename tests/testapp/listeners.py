@@ -28,6 +28,12 @@ from tests.testapp.channels import (
     HardLimited,
     Kept,
     KeptTally,
+    KeyedBatched,
+    KeyedBlocking,
+    KeyedDebounced,
+    KeyedDebouncedMax,
+    KeyedInOrder,
+    KeyedLimited,
     LegacyChannel,
     Limited,
     Lingering,
@@ -44,6 +50,7 @@ from tests.testapp.channels import (
     Slow,
     SpanChannel,
     Tally,
+    TicketChannel,
     WithContext,
     WriterChannel,
 )
@@ -340,3 +347,49 @@ def range_of(value) -> list | str | None:
 def span_inserted(old, new):
     record("span_inserted", days=range_of(new.days), times=range_of(new.times),
            amount=str(new.amount), counts=new.counts)
+
+
+def keyed_run(listener: str, key: int, n: int, hold: float, fail: bool) -> None:
+    """Records the run's start and end (wall clock, shared by the workers of one machine),
+    holding ``hold`` seconds between them; raises after its end if ``fail``."""
+    record(listener, key=key, n=n, phase="start", at=time.time(), pid=os.getpid())
+    time.sleep(hold)
+    record(listener, key=key, n=n, phase="end", at=time.time(), pid=os.getpid())
+    if fail:
+        raise ValueError(f"notification {n} of key {key} fails, as asked")
+
+
+@pgcelery.listener(KeyedInOrder, key="key", ordered=True, redeliver_after=5)
+def keyed_in_order(key: int, n: int, hold: float, fail: bool):
+    keyed_run("keyed_in_order", key, n, hold, fail)
+
+
+@pgcelery.listener(KeyedBlocking, key="key", ordered="block")
+def keyed_blocking(key: int, n: int, hold: float, fail: bool):
+    keyed_run("keyed_blocking", key, n, hold, fail)
+
+
+@pgcelery.listener(KeyedDebounced, key="key", debounce=1.0)
+def keyed_debounced(key: int, n: int, hold: float, fail: bool):
+    keyed_run("keyed_debounced", key, n, hold, fail)
+
+
+@pgcelery.listener(KeyedDebouncedMax, key="key", debounce=1.0, debounce_max=2.0)
+def keyed_debounced_max(key: int, n: int, hold: float, fail: bool):
+    keyed_run("keyed_debounced_max", key, n, hold, fail)
+
+
+@pgcelery.listener(KeyedLimited, concurrency=2)
+def keyed_limited(key: int, n: int, hold: float, fail: bool):
+    keyed_run("keyed_limited", key, n, hold, fail)
+
+
+@pgcelery.listener(KeyedBatched, key="key", ordered=True, batch=3)
+def keyed_batched(notifications):
+    record("keyed_batched", key=notifications[0].key, ns=[item.n for item in notifications])
+
+
+@pgcelery.post_save_listener(TicketChannel, key="queue", ordered=True)
+def ticket_saved(old, new):
+    """Keyed on a column named apart from its field (``queue_number``)."""
+    record("ticket_saved", queue=new.queue, state=new.state, at=time.time())

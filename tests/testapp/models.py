@@ -81,3 +81,10 @@ class Span(models.Model):
     times = DateTimeRangeField(null=True)
     amount = models.DecimalField(max_digits=10, decimal_places=2, null=True)
     counts = ArrayField(models.IntegerField(), null=True)
+
+
+class Ticket(models.Model):
+    """Updated in turns, for a trigger listener keyed on a column of its own name."""
+
+    queue = models.IntegerField(db_column="queue_number")
+    state = models.CharField(max_length=20)

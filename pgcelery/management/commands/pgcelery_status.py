@@ -60,13 +60,14 @@ class Command(BaseCommand):
     def _render_table(status) -> str:
         if not status:
             return "No pending or failed notifications."
-        lines = [f"{'CHANNEL':<50} {'PENDING':>8} {'OLDEST (s)':>11} {'FAILED':>7}"]
+        lines = [f"{'CHANNEL':<50} {'PENDING':>8} {'WAITING':>8} {'OLDEST (s)':>11} "
+                 f"{'FAILED':>7}"]
         for entry in status:
             oldest = entry["oldest_pending_seconds"]
             name = f"{entry['database']}: {entry['channel']}" if "database" in entry else (
                 entry["channel"])
             lines.append(
-                f"{name:<50} {entry['pending']:>8} "
+                f"{name:<50} {entry['pending']:>8} {entry['waiting']:>8} "
                 f"{'-' if oldest is None else f'{oldest:.1f}':>11} {entry['failed']:>7}"
             )
             lines += [f"    #{f['id']}: {f['reason']}" for f in entry["failures"]]
