@@ -47,7 +47,7 @@ from opentelemetry import trace  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 import pgcelery  # noqa: E402
-from bench.benchapp.channels import Blob, FailingTick, KeptTick, Tick  # noqa: E402
+from bench.benchapp.channels import Blob, FailingTick, KeptTick, KeyedTick, Tick  # noqa: E402
 from bench.benchapp.listeners import QUEUE  # noqa: E402
 from bench.benchapp.models import Hit, Source  # noqa: E402
 
@@ -179,7 +179,7 @@ def queued() -> int:
 
 
 def reset() -> None:
-    execute("TRUNCATE pgcelery_notification, pgcelery_delivery, benchapp_source, "
+    execute("TRUNCATE pgcelery_notification, pgcelery_delivery, pgcelery_waiting, benchapp_source, "
             "benchapp_plain, benchapp_naivesource, benchapp_baresource, benchapp_batchsource, "
             "benchapp_hit")
     with current_app.connection_for_write() as conn, contextlib.suppress(conn.channel_errors):
@@ -306,7 +306,7 @@ def batches(sizes: Sizes) -> Row:
     """One bulk insert end to end through a ``batch=500`` listener, against the same insert
     through a listener taking one task per row (on fewer rows: it is the slow side)."""
 
-    def through(table: str, via: str, count: int) -> float:
+    def inserted(table: str, via: str, count: int) -> float:
         reset()
         workers, process = worker(), bridge()
         committed = insert_many(table, count)
@@ -315,8 +315,8 @@ def batches(sizes: Sizes) -> Row:
         workers.stop()
         return count / (done - committed)
 
-    batched = through("benchapp_batchsource", "batch", sizes.batch_rows)
-    single = through("benchapp_source", "pgcelery", sizes.end_to_end)
+    batched = inserted("benchapp_batchsource", "batch", sizes.batch_rows)
+    single = inserted("benchapp_source", "pgcelery", sizes.end_to_end)
     return Row(f"bulk insert end to end: {sizes.batch_rows:,} rows to a batch=500 listener "
                f"(vs {sizes.end_to_end:,} rows, one task per row)", batched, single, "/s",
                "≥ 10×")
@@ -326,39 +326,76 @@ def failed_deliveries() -> int:
     return scalar("SELECT count(*) FROM pgcelery_notification WHERE failed_at IS NOT NULL")
 
 
-def notify_many(channel: type, count: int) -> None:
+def notify_many(channel: type, count: int, keys: int | None = None) -> None:
+    """``count`` notifications, 500 per transaction; of ``keys`` keys in turn, if given."""
     for start in range(0, count, 500):
         with transaction.atomic():
             for n in range(start, min(start + 500, count)):
-                pgcelery.notify(channel, n=n)
+                fields = {"n": n} if keys is None else {"key": n % keys, "n": n}
+                pgcelery.notify(channel, **fields)
+
+
+def through(count: int, channel: type, done: Callable[[], int],
+            keys: int | None = None) -> Callable[[], float]:
+    """A measure: ``count`` notifications of ``channel`` written, published and run (``done``
+    counts the runs) with a fresh bridge and worker; returns notifications per second."""
+
+    def measure() -> float:
+        reset()
+        workers, process = worker(), bridge()
+        started = time.monotonic()
+        notify_many(channel, count, keys)
+        finished = wait_until(lambda: done() >= count, interval=0.05)
+        process.stop()
+        workers.stop()
+        return count / (finished - started)
+
+    return measure
 
 
 def outcomes(sizes: Sizes) -> tuple[Row, Row]:
     """What keeping outcomes costs end to end: a listener with ``redeliver_after``, and one
     whose every run fails and is recorded, each against the same listener without."""
-
-    def through(channel: type, done: Callable[[], int]) -> Callable[[], float]:
-        def measure() -> float:
-            reset()
-            workers, process = worker(), bridge()
-            started = time.monotonic()
-            notify_many(channel, sizes.end_to_end)
-            finished = wait_until(lambda: done() >= sizes.end_to_end, interval=0.05)
-            process.stop()
-            workers.stop()
-            return sizes.end_to_end / (finished - started)
-
-        return measure
-
+    count = sizes.end_to_end
     kept, failing, plain = median_of_runs(
-        through(KeptTick, functools.partial(hits, "kept")),
-        through(FailingTick, failed_deliveries),
-        through(Tick, functools.partial(hits, "plain")),
+        through(count, KeptTick, functools.partial(hits, "kept")),
+        through(count, FailingTick, failed_deliveries),
+        through(count, Tick, functools.partial(hits, "plain")),
     )
-    what = f"{sizes.end_to_end:,} notify() through bridge + worker"
+    what = f"{count:,} notify() through bridge + worker"
     return (Row(f"{what}, listener with redeliver_after", kept, plain, "/s", "cost, no target"),
             Row(f"{what}, listener failing, each run recorded", failing, plain, "/s",
                 "cost, no target"))
+
+
+#: Keys of the ordered listener's notifications.
+KEYS = 100
+#: Notifications of one key whose runs follow each other, for the latency of a release.
+LATENCY_RUNS = 300
+
+
+def keyed(sizes: Sizes) -> list[Row]:
+    """An ``ordered=True`` listener over ``KEYS`` keys against the same listener without
+    options, end to end; and, with one key, how soon its next run starts after the one before
+    (the run, its mark as finished, the wake-up, the release, the broker and the worker's
+    pick-up), as p50 and p99, against the 20 ms target."""
+    count = sizes.end_to_end
+    plain, ordered = median_of_runs(
+        through(count, Tick, functools.partial(hits, "plain")),
+        through(count, KeyedTick, functools.partial(hits, "keyed"), KEYS),
+    )
+    through(LATENCY_RUNS, KeyedTick, functools.partial(hits, "keyed"), 1)()
+    starts = list(Hit.objects.filter(via="keyed").order_by("n").values_list("started", flat=True))
+    gaps = [1000 * (later - earlier) for earlier, later in zip(starts, starts[1:], strict=False)]
+    p50, p99 = (statistics.quantiles(gaps, n=100)[index] for index in (49, 98))
+    what = f"{count:,} notify() over {KEYS} keys through bridge + worker"
+    one = f"one key, {LATENCY_RUNS} notifications: its next run after the one before"
+    return [Row(f"{what}, ordered=True vs the same listener without options", ordered, plain,
+                "/s", "≥ 0.7×"),
+            Row(f"{one}, p50 (vs the target)", p50, 20.0, " ms", "p50 ≤ 20 ms",
+                higher_is_better=False),
+            Row(f"{one}, p99 (vs the p50 target)", p99, 20.0, " ms", "measured",
+                higher_is_better=False)]
 
 
 def paced(sizes: Sizes, rate: int) -> tuple[Row, Row, Row]:
@@ -541,6 +578,7 @@ MEASURES = {
     "write-cost": write_cost,
     "memory": lambda sizes: [memory(sizes), *large_rows(sizes)],
     "outcomes": outcomes,
+    "keyed": keyed,
     "observability": observability,
 }
 

@@ -320,15 +320,20 @@ class Bridge:
     # -- one turn per outbox -----------------------------------------------------------
 
     def _turn(self, outbox: Outbox) -> None:
-        """Drains ``outbox`` if it is due, reconnecting first if its connection was lost."""
+        """Drains ``outbox`` if a sweep or a wake-up is due, reconnecting first if its
+        connection was lost; releases what waits for keys after a drain, or when a key was
+        freed."""
         now = time.monotonic()
         if now < outbox.next_turn() or now < self.broker.retry_at:
             return
         try:
             if not outbox.connector.connected:
                 self._connect(outbox)
-            self._drain(outbox)
-            if self.release is not None:
+                outbox.sweep_at = 0.0  # wake-ups were lost meanwhile
+            drained = now >= outbox.sweep_at
+            if drained:
+                self._drain(outbox)
+            if self.release is not None and (drained or now >= outbox.release_at):
                 self._release(outbox)
             if self.redelivery is not None:
                 self.redelivery.if_due(outbox)
@@ -342,7 +347,8 @@ class Bridge:
         outbox.health.succeeded()
         if outbox.publisher.reached_at >= now:  # else the broker was not asked
             self.broker.succeeded()
-        outbox.sweep_at = time.monotonic() + self.sweep_interval
+        if drained:
+            outbox.sweep_at = time.monotonic() + self.sweep_interval
 
     def _connect(self, outbox: Outbox) -> None:
         names = self.channels or registry.registered_channels()
@@ -441,10 +447,12 @@ class Bridge:
             outbox.lost(exc)
             return False
         for woken_channel, payload in wakeups:
+            if payload == keys.FREED:  # only a release is due: nothing new in the outbox
+                outbox.release_at = 0.0
+                continue
             if payload:
                 logger.warning("Ignored a wake-up with an unexpected payload on channel "
                                "%r: %.200r", woken_channel, payload)
-        if wakeups:
             outbox.sweep_at = 0.0
         return bool(wakeups)
 

@@ -29,6 +29,9 @@ logger = logging.getLogger("pgcelery.bridge")
 #: Publishes a delivery through an outbox's broker connection; returns why it could not be.
 Send = Callable[[messages.Delivery, "Outbox"], "str | None"]
 
+#: The payload of the wake-up a worker sends when a delivery of a keyed listener finished:
+#: the bridges release, with no claim.
+FREED = "key freed"
 #: The listener options this module reads.
 OPTIONS = ("key", "ordered", "debounce", "debounce_max", "concurrency")
 #: ``debounce_max`` where the listener sets none, in debounce periods.
@@ -218,6 +221,8 @@ class Release:
         #: How many notifications of each key a release looks at: those it may publish at
         #: once, and for a debounce up to ``most`` (a claim's size) to merge.
         self.first = {listener.task_name: _looked_at(listener, most) for listener in listeners}
+        self.limits = {listener.task_name: typing.cast(Keys, listener.keys).limit
+                       for listener in listeners}
         self.channels = sorted({listener.channel for listener in listeners})
         self.blocking = [listener for listener in listeners
                          if typing.cast(Keys, listener.keys).blocking]
@@ -228,7 +233,7 @@ class Release:
         when the first debounce not yet due is."""
         store = outbox.store
         with store.transaction():
-            waiting = store.waiting(self.first, self.channels)
+            waiting = store.waiting(self.first, self.limits, self.channels)
             if not waiting:
                 outbox.release_at = math.inf
                 return []

@@ -462,10 +462,10 @@ SELECT pgcelery_finish_delivery_v1(%s)
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
 """
 
-#: ``FINISH_DELIVERY`` of a listener with key options, waking the bridges (pg channel %s)
-#: at its commit: the key it held is free.
+#: ``FINISH_DELIVERY`` of a listener with key options, waking the bridges (pg channel %s,
+#: payload %s: ``keys.FREED``) at its commit: the key it held is free.
 FINISH_KEYED_DELIVERY = """
-SELECT pgcelery_finish_delivery_v1(%s), pg_notify(%s, '')
+SELECT pgcelery_finish_delivery_v1(%s), pg_notify(%s, %s)
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced
 """
 
@@ -501,19 +501,29 @@ LOCK_RELEASE = "SELECT pg_advisory_xact_lock(hashtext('pgcelery_release'))"
 #: The first notifications waiting for each key of the listeners in $1, up to the number in
 #: $2 for each: (entry id, listener, key as JSON text, outbox row id, position, seed,
 #: channel, trigger, payload, context, seconds since recorded), in commit order per key.
-#: Only notifications older than every pending row of the channels in $3: a row another
-#: bridge has claimed, and not yet moved here, may come before them.
+#: Keys whose deliveries in flight reach the listener's limit in $3 (NULL: none) are left
+#: out, so that a release sorts only what it may publish. Only notifications older than
+#: every pending row of the channels in $4: a row another bridge has claimed, and not yet
+#: moved here, may come before them.
 WAITING_FIRST = f"""
 WITH served AS (
-    SELECT * FROM unnest(%s::text[], %s::int[]) AS s (listener, first)
+    SELECT * FROM unnest(%s::text[], %s::int[], %s::int[]) AS s (listener, first, most)
 ), horizon AS (
     SELECT coalesce(min(id), 9223372036854775807) AS id FROM {OUTBOX}
     WHERE failed_at IS NULL AND listener IS NULL AND channel = ANY(%s::text[])
+), busy AS (
+    SELECT d.listener, d.key, count(*) AS n, min(s.most) AS most
+    FROM {DELIVERIES} AS d JOIN served AS s USING (listener)
+    WHERE d.finished_at IS NULL
+    GROUP BY d.listener, d.key
 ), ranked AS (
     SELECT w.*, row_number() OVER (PARTITION BY w.listener, w.key
                                    ORDER BY w.notification, w.position) AS n
     FROM {WAITING} AS w JOIN served USING (listener)
     WHERE w.notification < (SELECT id FROM horizon)
+      AND NOT EXISTS (SELECT FROM busy AS b
+                      WHERE b.listener = w.listener AND b.key IS NOT DISTINCT FROM w.key
+                        AND b.n >= b.most)
 )
 SELECT r.id, r.listener, r.key::text, r.notification, r.position, r.seed::text, r.channel,
        r.trigger, r.payload::text, r.context::text,

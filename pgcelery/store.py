@@ -164,10 +164,12 @@ class OutboxStore(abc.ABC):
         """Moves claimed notifications of keyed listeners to wait for their keys."""
 
     @abc.abstractmethod
-    def waiting(self, first: dict[str, int], channels: Sequence[str]) -> dict[str, list[Waiting]]:
+    def waiting(self, first: dict[str, int], limits: dict[str, int | None],
+                channels: Sequence[str]) -> dict[str, list[Waiting]]:
         """Per listener of ``first`` (task name: how many), the first notifications waiting
         for each of its keys, in commit order, but none that a pending row of ``channels``
-        (claimed by another bridge, not yet parked) may come before. Holds off the releases
+        (claimed by another bridge, not yet parked) may come before; keys whose deliveries
+        in flight reach the listener's ``limits`` may be left out. Holds off the releases
         of other bridges until the transaction ends."""
 
     @abc.abstractmethod
@@ -289,12 +291,14 @@ class DatabaseStore(OutboxStore):
              str(row.uuid), row.payload, row.context) for listener, row in parked),
             strict=True)])
 
-    def waiting(self, first: dict[str, int], channels: Sequence[str]) -> dict[str, list[Waiting]]:
+    def waiting(self, first: dict[str, int], limits: dict[str, int | None],
+                channels: Sequence[str]) -> dict[str, list[Waiting]]:
         self.connector.run(sql.LOCK_RELEASE)
         found: dict[str, list[Waiting]] = {}
         for (entry, listener, key, notification, position, seed, channel, trigger, payload,
              context, age) in self.connector.run(sql.WAITING_FIRST, [
-                 list(first), list(first.values()), list(channels)]):
+                 list(first), list(first.values()), [limits[name] for name in first],
+                 list(channels)]):
             found.setdefault(listener, []).append(Waiting(entry, key, messages.Row(
                 notification, position, uuid.UUID(seed), channel, trigger, payload, context,
                 age=age)))
@@ -511,7 +515,8 @@ class MemoryStore(OutboxStore):
             self.parked.append(_Parked(next(self._parked_ids), listener.task_name,
                                        _memory_key(listener, row.payload), row, now - row.age))
 
-    def waiting(self, first: dict[str, int], channels: Sequence[str]) -> dict[str, list[Waiting]]:
+    def waiting(self, first: dict[str, int], limits: dict[str, int | None],
+                channels: Sequence[str]) -> dict[str, list[Waiting]]:
         horizon = min((row.id for row in self.pending
                        if row.channel in channels and row.listener is None), default=None)
         now = time.monotonic()

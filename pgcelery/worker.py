@@ -24,7 +24,7 @@ from celery.exceptions import Ignore, Retry
 from celery.local import Proxy
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 
-from pgcelery import celery_internals, channels, messages, payloads, registry, sql
+from pgcelery import celery_internals, channels, keys, messages, payloads, registry, sql
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _wakes(envelope: dict[str, Any], task_name: str) -> str | None:
 def _finishing(task_id: str, wake: str | None) -> tuple[str, list[str]]:
     if wake is None:
         return sql.FINISH_DELIVERY, [task_id]
-    return sql.FINISH_KEYED_DELIVERY, [task_id, wake]
+    return sql.FINISH_KEYED_DELIVERY, [task_id, wake, keys.FREED]
 
 
 def _postpone_delivery(database: str, task_id: str, seconds: float) -> None:

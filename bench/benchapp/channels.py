@@ -36,6 +36,14 @@ class FailingTick(Channel):
 
 
 @dataclass
+class KeyedTick(Channel):
+    """The same, of one of a number of keys, to a listener with ``ordered=True``."""
+
+    key: int
+    n: int
+
+
+@dataclass
 class Blob(Channel):
     """A large payload, for the bridge's memory."""
 

@@ -10,6 +10,7 @@ from bench.benchapp.channels import (
     Blob,
     FailingTick,
     KeptTick,
+    KeyedTick,
     SourceChannel,
     Tick,
 )
@@ -38,6 +39,11 @@ def ticked(n: int):
 @pgcelery.listener(KeptTick, queue=QUEUE, redeliver_after=600)
 def kept_ticked(n: int):
     Hit.objects.create(n=n, started=time.time(), via="kept")
+
+
+@pgcelery.listener(KeyedTick, queue=QUEUE, key="key", ordered=True)
+def keyed_ticked(key: int, n: int):
+    Hit.objects.create(n=n, started=time.time(), via="keyed")
 
 
 @pgcelery.listener(FailingTick, queue=QUEUE)
