@@ -137,12 +137,14 @@ def _location(channel: type, field: str) -> tuple[str, bool]:
 
 
 class Waiting(typing.NamedTuple):
-    """A notification waiting for its key: its entry's id, its key as JSON text, and the
-    notification as a claim returns it (its ``age`` from when it was recorded)."""
+    """A notification waiting for its key: its entry's id, its key as JSON text, the
+    notification as a claim returns it (its ``age`` from when it was recorded), and how many
+    deliveries of its key were in flight when it was read."""
 
     id: int
     key: str | None
     row: messages.Row
+    in_flight: int = 0
 
 
 class Released(typing.NamedTuple):
@@ -156,10 +158,10 @@ class Released(typing.NamedTuple):
     next_due: float | None
 
 
-def release(listener: Listener, waiting: Sequence[Waiting], busy: dict[str | None, int],
+def release(listener: Listener, waiting: Sequence[Waiting],
             blocked: Iterable[str | None] = ()) -> Released:
     """The deliveries of ``listener`` that may go now: per key, in commit order, while the
-    deliveries in flight (``busy``, per key) leave room, and none of a ``blocked`` key.
+    deliveries of the key in flight leave room, and none of a ``blocked`` key.
 
     ``waiting`` holds the first notifications of each key, in commit order.
     """
@@ -171,7 +173,7 @@ def release(listener: Listener, waiting: Sequence[Waiting], busy: dict[str | Non
     for key, entries in _by_key(waiting).items():
         if key in held:
             continue
-        room = len(entries) if keys.limit is None else keys.limit - busy.get(key, 0)
+        room = len(entries) if keys.limit is None else keys.limit - entries[0].in_flight
         while room > 0 and entries:
             if keys.debounce is None:
                 taken, sent = entries[:listener.batch or 1], None
@@ -237,12 +239,9 @@ class Release:
             if not waiting:
                 outbox.release_at = math.inf
                 return []
-            busy = store.in_flight(list(waiting))
             blocked = store.blocked([self.listeners[name] for name in waiting
                                      if self.listeners[name] in self.blocking])
             released = [release(self.listeners[name], entries,
-                                {key: count for (owner, key), count in busy.items()
-                                 if owner == name},
                                 {key for owner, key in blocked if owner == name})
                         for name, entries in waiting.items()]
             deliveries = [delivery for found in released for delivery, _ in found.deliveries]

@@ -500,7 +500,8 @@ LOCK_RELEASE = "SELECT pg_advisory_xact_lock(hashtext('pgcelery_release'))"
 
 #: The first notifications waiting for each key of the listeners in $1, up to the number in
 #: $2 for each: (entry id, listener, key as JSON text, outbox row id, position, seed,
-#: channel, trigger, payload, context, seconds since recorded), in commit order per key.
+#: channel, trigger, payload, context, seconds since recorded, the key's deliveries in
+#: flight), in commit order per key.
 #: Keys whose deliveries in flight reach the listener's limit in $3 (NULL: none) are left
 #: out, so that a release sorts only what it may publish. Only notifications older than
 #: every pending row of the channels in $4: a row another bridge has claimed, and not yet
@@ -512,33 +513,26 @@ WITH served AS (
     SELECT coalesce(min(id), 9223372036854775807) AS id FROM {OUTBOX}
     WHERE failed_at IS NULL AND listener IS NULL AND channel = ANY(%s::text[])
 ), busy AS (
-    SELECT d.listener, d.key, count(*) AS n, min(s.most) AS most
-    FROM {DELIVERIES} AS d JOIN served AS s USING (listener)
+    SELECT d.listener, d.key, count(*) AS n
+    FROM {DELIVERIES} AS d JOIN served USING (listener)
     WHERE d.finished_at IS NULL
     GROUP BY d.listener, d.key
 ), ranked AS (
-    SELECT w.*, row_number() OVER (PARTITION BY w.listener, w.key
-                                   ORDER BY w.notification, w.position) AS n
-    FROM {WAITING} AS w JOIN served USING (listener)
+    SELECT w.*, coalesce(b.n, 0) AS in_flight,
+           row_number() OVER (PARTITION BY w.listener, w.key
+                              ORDER BY w.notification, w.position) AS n
+    FROM {WAITING} AS w
+    JOIN served AS s USING (listener)
+    LEFT JOIN busy AS b ON b.listener = w.listener AND b.key IS NOT DISTINCT FROM w.key
     WHERE w.notification < (SELECT id FROM horizon)
-      AND NOT EXISTS (SELECT FROM busy AS b
-                      WHERE b.listener = w.listener AND b.key IS NOT DISTINCT FROM w.key
-                        AND b.n >= b.most)
+      AND (s.most IS NULL OR coalesce(b.n, 0) < s.most)
 )
 SELECT r.id, r.listener, r.key::text, r.notification, r.position, r.seed::text, r.channel,
        r.trigger, r.payload::text, r.context::text,
-       extract(epoch FROM statement_timestamp() - r.created_at)::float8
+       extract(epoch FROM statement_timestamp() - r.created_at)::float8, r.in_flight
 FROM ranked AS r JOIN served AS s USING (listener)
 WHERE r.n <= s.first
 ORDER BY r.listener, r.key, r.n
-"""
-
-#: The deliveries in flight of the listeners in %s, per listener and key: (listener, key as
-#: JSON text, count).
-IN_FLIGHT = f"""
-SELECT listener, key::text, count(*) FROM {DELIVERIES}
-WHERE finished_at IS NULL AND listener = ANY(%s::text[])
-GROUP BY listener, key
 """
 
 #: The keys held by a failed delivery of an ``ordered="block"`` listener, or by one retried

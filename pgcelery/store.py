@@ -167,14 +167,10 @@ class OutboxStore(abc.ABC):
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
                 channels: Sequence[str]) -> dict[str, list[Waiting]]:
         """Per listener of ``first`` (task name: how many), the first notifications waiting
-        for each of its keys, in commit order, but none that a pending row of ``channels``
-        (claimed by another bridge, not yet parked) may come before; keys whose deliveries
-        in flight reach the listener's ``limits`` may be left out. Holds off the releases
-        of other bridges until the transaction ends."""
-
-    @abc.abstractmethod
-    def in_flight(self, listeners: Sequence[str]) -> dict[ListenerKey, int]:
-        """The unfinished deliveries of ``listeners``, per listener and key."""
+        for each of its keys, in commit order, each with its key's deliveries in flight; but
+        none that a pending row of ``channels`` (claimed by another bridge, not yet parked)
+        may come before, and none of a key whose deliveries in flight reach the listener's
+        ``limits``. Holds off the releases of other bridges until the transaction ends."""
 
     @abc.abstractmethod
     def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
@@ -296,17 +292,13 @@ class DatabaseStore(OutboxStore):
         self.connector.run(sql.LOCK_RELEASE)
         found: dict[str, list[Waiting]] = {}
         for (entry, listener, key, notification, position, seed, channel, trigger, payload,
-             context, age) in self.connector.run(sql.WAITING_FIRST, [
+             context, age, in_flight) in self.connector.run(sql.WAITING_FIRST, [
                  list(first), list(first.values()), [limits[name] for name in first],
                  list(channels)]):
             found.setdefault(listener, []).append(Waiting(entry, key, messages.Row(
                 notification, position, uuid.UUID(seed), channel, trigger, payload, context,
-                age=age)))
+                age=age), in_flight))
         return found
-
-    def in_flight(self, listeners: Sequence[str]) -> dict[ListenerKey, int]:
-        return {(listener, key): count for listener, key, count
-                in self.connector.run(sql.IN_FLIGHT, [list(listeners)])}
 
     def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
         if not listeners:
@@ -520,21 +512,20 @@ class MemoryStore(OutboxStore):
         horizon = min((row.id for row in self.pending
                        if row.channel in channels and row.listener is None), default=None)
         now = time.monotonic()
+        busy = collections.Counter((kept.listener, kept.key) for kept in self.remembered.values())
         found: dict[str, list[Waiting]] = {}
         taken: collections.Counter[ListenerKey] = collections.Counter()
         for entry in sorted(self.parked, key=lambda entry: (entry.row.id, entry.row.position)):
-            if entry.listener not in first or horizon is not None and entry.row.id >= horizon:
+            most, in_flight = limits.get(entry.listener), busy[entry.listener, entry.key]
+            if (entry.listener not in first or horizon is not None and entry.row.id >= horizon
+                    or most is not None and in_flight >= most):
                 continue
             taken[entry.listener, entry.key] += 1
             if taken[entry.listener, entry.key] <= first[entry.listener]:
                 found.setdefault(entry.listener, []).append(Waiting(
-                    entry.id, entry.key, entry.row._replace(age=now - entry.recorded_at)))
+                    entry.id, entry.key, entry.row._replace(age=now - entry.recorded_at),
+                    in_flight))
         return found
-
-    def in_flight(self, listeners: Sequence[str]) -> dict[ListenerKey, int]:
-        return dict(collections.Counter((kept.listener, kept.key)
-                                        for kept in self.remembered.values()
-                                        if kept.listener in listeners))
 
     def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
         named = {listener.task_name: listener for listener in listeners}

@@ -98,8 +98,9 @@ def test_a_trigger_key_must_be_a_field_of_the_model():
 
 
 def test_ordered_releases_the_first_of_each_free_key_in_commit_order():
-    entries = waiting((1, 1), (1, 2), (2, 1), (3, 1), (3, 2))
-    released = keys.release(listener_of(IN_ORDER), entries, {json.dumps(2): 1})
+    entries = [entry._replace(in_flight=int(entry.key == "2"))
+               for entry in waiting((1, 1), (1, 2), (2, 1), (3, 1), (3, 2))]
+    released = keys.release(listener_of(IN_ORDER), entries)
     assert ns(released) == [[1], [1]]
     assert [key for _, key in released.deliveries] == ["1", "3"]
     assert released.done == [1, 4]
@@ -107,31 +108,33 @@ def test_ordered_releases_the_first_of_each_free_key_in_commit_order():
 
 def test_block_holds_a_key_with_a_failed_delivery():
     entries = waiting((1, 1), (2, 1))
-    released = keys.release(listener_of(BLOCKING), entries, {}, {json.dumps(1)})
+    released = keys.release(listener_of(BLOCKING), entries, {json.dumps(1)})
     assert [key for _, key in released.deliveries] == ["2"]
 
 
 def test_concurrency_fills_the_free_slots_of_the_listener():
     listener = listener_of(LIMITED)
-    entries = [keys.Waiting(n, None, keyed(n, 0, n, "tests.testapp.channels.KeyedLimited"))
-               for n in range(1, 6)]
-    assert ns(keys.release(listener, entries, {})) == [[1], [2]]
-    assert ns(keys.release(listener, entries, {None: 1})) == [[1]]
-    assert ns(keys.release(listener, entries, {None: 2})) == []
+    def entries(in_flight):
+        return [keys.Waiting(n, None, keyed(n, 0, n, "tests.testapp.channels.KeyedLimited"),
+                             in_flight) for n in range(1, 6)]
+
+    assert ns(keys.release(listener, entries(0))) == [[1], [2]]
+    assert ns(keys.release(listener, entries(1))) == [[1]]
+    assert ns(keys.release(listener, entries(2))) == []
 
 
 def test_a_batch_of_an_ordered_listener_holds_one_key_in_commit_order():
     entries = waiting((1, 1), (2, 1), (1, 2), (1, 3), (1, 4))
-    assert ns(keys.release(listener_of(BATCHED), entries, {})) == [[1, 2, 3], [1]]
+    assert ns(keys.release(listener_of(BATCHED), entries)) == [[1, 2, 3], [1]]
 
 
 def test_debounce_merges_into_the_last_once_quiet_for_its_period():
     listener = listener_of(DEBOUNCED)  # debounce=1, debounce_max=10
     quiet = waiting((1, 1, 3.0), (1, 2, 2.5), (1, 3, 1.9))
-    released = keys.release(listener, quiet, {})
+    released = keys.release(listener, quiet)
     assert ns(released) == [[3]] and released.done == [1, 2, 3]
     busy = waiting((1, 1, 1.5), (1, 2, 1.0), (1, 3, 0.4))
-    released = keys.release(listener, busy, {})
+    released = keys.release(listener, busy)
     assert ns(released) == [] and released.done == []
     assert released.next_due == pytest.approx(0.6)
 
@@ -139,10 +142,10 @@ def test_debounce_merges_into_the_last_once_quiet_for_its_period():
 def test_debounce_goes_at_debounce_max_after_the_first_and_splits_at_a_gap():
     listener = listener_of(DEBOUNCED)
     steady = waiting(*((1, n, 10.5 - 0.5 * n) for n in range(21)))  # every 0.5 s for 10.5 s
-    released = keys.release(listener, steady, {})
+    released = keys.release(listener, steady)
     assert ns(released) == [[20]]  # recorded within 10 s of the first
     gap = waiting((1, 1, 5.0), (1, 2, 2.0), (1, 3, 0.1))
-    released = keys.release(listener, gap, {})
+    released = keys.release(listener, gap)
     assert ns(released) == [[1], [2]] and released.next_due == pytest.approx(0.9)
 
 

@@ -14,9 +14,9 @@ from django.test import TestCase, TransactionTestCase
 import pgcelery
 import pgcelery.testing
 from pgcelery import registry
-from pgcelery.models import Notification
+from pgcelery.models import Notification, Waiting
 from tests import support
-from tests.testapp.channels import Greeting, Message, Outcome, Tally, WithContext
+from tests.testapp.channels import Greeting, KeyedInOrder, Message, Outcome, Tally, WithContext
 from tests.testapp.models import Event, Writer
 
 pytestmark = [pytest.mark.connector]
@@ -60,6 +60,14 @@ class DeliverInTestCase(TestCase):
         assert events("with_context") == [{"n": 7, "context": {"request": "r-1"}}]
         assert events("tallies_batched") == [{"ns": [0, 1, 2],
                                               "kinds": ["Tally(n: int, day: date)"]}]
+
+    def test_keyed_listeners_run_each_notification_in_commit_order_without_waiting(self):
+        with pgcelery.testing.deliver():
+            for n in (1, 2, 3):
+                pgcelery.notify(KeyedInOrder, key=1, n=n)
+        assert [(data["n"], data["phase"]) for data in events("keyed_in_order")] == [
+            (1, "start"), (1, "end"), (2, "start"), (2, "end"), (3, "start"), (3, "end")]
+        assert not Waiting.objects.exists() and not Notification.objects.exists()
 
     def test_a_listener_exception_is_raised_out_of_the_block_after_the_others_ran(self):
         with pytest.raises(RuntimeError, match="failing until allowed"):  # noqa: SIM117
