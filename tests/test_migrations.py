@@ -168,6 +168,15 @@ def test_unmigrating_pgcelery_refuses_while_notifications_are_pending(fresh_data
             cursor.execute("SELECT count(*) FROM pgcelery_notification")
             assert cursor.fetchone() == (3,)
             cursor.execute("DELETE FROM pgcelery_notification")
+            cursor.execute(
+                "INSERT INTO pgcelery_waiting (listener, key, notification, position, seed, "
+                "channel, trigger, payload, created_at) VALUES ('tests.testapp.listeners."
+                "keyed_in_order', '1', 1, 0, gen_random_uuid(), 'tests.testapp.channels."
+                "KeyedInOrder', '', '{}', now())")
+            refused = support.manage("migrate", "pgcelery", "zero", DATABASE_URL=url)
+            assert refused.returncode == 1
+            assert "holds 1 notification(s) waiting for their keys" in refused.stderr
+            cursor.execute("DELETE FROM pgcelery_waiting")
     finally:
         other.close()
     migrate(name, "pgcelery", "zero")

@@ -4,6 +4,24 @@ import importlib
 
 from django.db import migrations, models
 
+#: ``migrate pgcelery zero`` refuses while notifications are pending (0007); unapplying
+#: this migration first, it checks them, and those waiting for their keys, before any goes.
+KEEP = importlib.import_module("pgcelery.migrations.0007_keep_pending_notifications")
+
+
+def refuse_if_waiting(apps, schema_editor):
+    KEEP.refuse_if_pending(apps, schema_editor)
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pgcelery_waiting")
+        waiting = cursor.fetchone()[0]
+    if waiting:
+        raise KEEP.PendingNotifications(
+            f"Database {schema_editor.connection.alias!r} holds {waiting} notification(s) "
+            "waiting for their keys that unapplying pgcelery's migrations would drop. Run the "
+            "bridge and workers until `python manage.py pgcelery_status` shows none waiting, "
+            "then migrate pgcelery zero again."
+        )
+
 #: The bridge roles (those that may delete from the outbox) get the new table, as 0009 gave
 #: them its own: an upgrade needs no grant by hand.
 GRANT_TO_BRIDGES = importlib.import_module(
@@ -51,4 +69,5 @@ class Migration(migrations.Migration):
             index=models.Index(fields=['listener', 'key', 'notification', 'position'], name='pgcelery_waiting_order_idx'),
         ),
         migrations.RunSQL(GRANT_TO_BRIDGES, migrations.RunSQL.noop),
+        migrations.RunPython(migrations.RunPython.noop, refuse_if_waiting),
     ]
