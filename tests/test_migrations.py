@@ -36,7 +36,7 @@ FROZEN = {
     "0008_functions_out_of_pg_catalog":
         "845591f01d3b51ccf261a38a53b518d564e0812276e06b00ffc413cfcff6ff39",
     "0009_formed_batches": "37c79d34014bc125b4f476c50a6f5e6ee208c0698973c0302838ebfa4c0aeaee",
-    "0010_keyed_listeners": "600e1a152243e4bdb71ed4a9b2f7019e4132d52d7b5c5e4d669e2156ecbdfe56",
+    "0010_keyed_listeners": "39a6d34b44be70b83475c4f500eea3f01a47090cef32e6f20f9294c95faaa2f7",
 }
 
 #: pgcelery's tables, functions, indexes and constraints, and the triggers apps installed.

@@ -33,7 +33,8 @@ BRIDGE_GRANTS = """
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgcelery_notification, pgcelery_delivery TO {role};
 GRANT USAGE ON SEQUENCE pgcelery_notification_id_seq TO {role};
 GRANT SELECT, DELETE ON pgcelery_taskrecord TO {role};
-GRANT SELECT, INSERT, DELETE ON pgcelery_batch TO {role};
+GRANT SELECT, INSERT, DELETE ON pgcelery_batch, pgcelery_waiting TO {role};
+GRANT USAGE ON SEQUENCE pgcelery_waiting_id_seq TO {role};
 """
 
 

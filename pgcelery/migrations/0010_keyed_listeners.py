@@ -22,11 +22,23 @@ def refuse_if_waiting(apps, schema_editor):
             "then migrate pgcelery zero again."
         )
 
-#: The bridge roles (those that may delete from the outbox) get the new table, as 0009 gave
-#: them its own: an upgrade needs no grant by hand.
-GRANT_TO_BRIDGES = importlib.import_module(
-    "pgcelery.migrations.0009_formed_batches").GRANT_TO_BRIDGES.replace(
-        "pgcelery_batch", "pgcelery_waiting")
+#: The bridge roles (those that may delete from the outbox) get the new table and its
+#: sequence, as 0009 gave them its own table: an upgrade needs no grant by hand.
+GRANT_TO_BRIDGES = """
+DO $$
+DECLARE bridge text;
+BEGIN
+    FOR bridge IN
+        SELECT DISTINCT a.grantee::regrole::text
+        FROM pg_class AS c, aclexplode(c.relacl) AS a
+        WHERE c.oid = to_regclass('pgcelery_notification') AND a.privilege_type = 'DELETE'
+          AND a.grantee NOT IN (0, c.relowner)
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, DELETE ON pgcelery_waiting TO %s', bridge);
+        EXECUTE format('GRANT USAGE ON SEQUENCE pgcelery_waiting_id_seq TO %s', bridge);
+    END LOOP;
+END $$;
+"""
 
 
 class Migration(migrations.Migration):
