@@ -150,8 +150,8 @@ class Waiting(typing.NamedTuple):
 class Released(typing.NamedTuple):
     """What one release publishes, what it drops, and when to look again."""
 
-    #: (delivery, key as JSON text) to publish, each remembered with its key.
-    deliveries: list[tuple[messages.Delivery, str | None]]
+    #: To publish, each remembered with its key.
+    deliveries: list[messages.Delivery]
     #: Waiting entries done with: those published, and those a debounce merged away.
     done: list[int]
     #: Seconds until the first debounce not yet due is, if any.
@@ -167,7 +167,7 @@ def release(listener: Listener, waiting: Sequence[Waiting],
     """
     keys = typing.cast(Keys, listener.keys)
     held = set(blocked)
-    found: list[tuple[messages.Delivery, str | None]] = []
+    found: list[messages.Delivery] = []
     done: list[int] = []
     next_due: float | None = None
     for key, entries in _by_key(waiting).items():
@@ -184,7 +184,7 @@ def release(listener: Listener, waiting: Sequence[Waiting],
                     break
                 sent = None if listener.batch else taken[-1:]
             rows = [entry.row for entry in (sent or taken)]
-            found.append((messages.Delivery.of(listener, rows), key))
+            found.append(messages.Delivery.of(listener, rows))
             done.extend(entry.id for entry in taken)
             entries = entries[len(taken):]
             room -= 1
@@ -244,7 +244,7 @@ class Release:
             released = [release(self.listeners[name], entries,
                                 {key for owner, key in blocked if owner == name})
                         for name, entries in waiting.items()]
-            deliveries = [delivery for found in released for delivery, _ in found.deliveries]
+            deliveries = [delivery for found in released for delivery in found.deliveries]
             remembered = [(delivery, typing.cast(float, delivery.listener.redelivery_period()))
                           for delivery in deliveries]
             store.remember(remembered)
