@@ -150,7 +150,8 @@ class Outbox:
         self.sweep_at = 0.0
         #: When the next unfinished delivery of a ``redeliver_after`` listener is due.
         self.redeliver_at = 0.0
-        #: When the next debounced notification is due; every turn releases what it can.
+        #: When to release what waits for keys without a drain: at once once a worker freed a
+        #: key, else when the next debounced notification is due (a drain releases too).
         self.release_at = 0.0
         self.pruned_at: float | None = None
 
