@@ -26,6 +26,7 @@ from kombu import Message as KombuMessage
 
 from pgcelery import registry
 from pgcelery.bridge import Bridge
+from pgcelery.messages import ENVELOPE
 from pgcelery.store import MemoryStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +262,20 @@ def memory_bridge(**options: object) -> Iterator[Bridge]:
         yield bridge
     finally:
         bridge.close()
+
+
+def memory_messages(bridge: Bridge) -> list[tuple[dict, dict]]:
+    """(headers, envelope) of each message a ``memory_bridge`` published, taken off its
+    queue in order."""
+    found = []
+    with bridge.outboxes[0].publisher.app.connection_for_read() as connection:
+        queue = connection.SimpleQueue("celery")
+        while queue.qsize():
+            received = queue.get_nowait()
+            found.append((received.headers, received.payload[1][ENVELOPE]))
+            received.ack()
+        queue.close()
+    return found
 
 
 def waiting() -> int:

@@ -10,7 +10,6 @@ import pytest
 from pgcelery import dispatch, messages, registry
 from pgcelery.bridge import ClaimSize
 from pgcelery.dispatch import Formed
-from pgcelery.messages import ENVELOPE
 from tests import support
 
 pytestmark = pytest.mark.unit
@@ -98,18 +97,9 @@ def bridge():
 
 def published(bridge):
     """(task name, task id, the notifications' row ids) of the messages on the queue."""
-    found = []
-    with bridge.outboxes[0].publisher.app.connection_for_read() as connection:
-        queue = connection.SimpleQueue("celery")
-        while queue.qsize():
-            received = queue.get_nowait()
-            envelope = received.payload[1][ENVELOPE]
-            ids = [item[0] for item in envelope["batch"]] if "batch" in envelope else [
-                envelope["id"]]
-            found.append((received.headers["task"], received.headers["id"], ids))
-            received.ack()
-        queue.close()
-    return found
+    return [(headers["task"], headers["id"],
+             [item[0] for item in envelope["batch"]] if "batch" in envelope else [envelope["id"]])
+            for headers, envelope in support.memory_messages(bridge)]
 
 
 def test_a_claim_publishes_its_rows_and_deletes_them_but_keeps_failures(bridge):

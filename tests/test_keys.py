@@ -9,7 +9,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 import pgcelery
 from pgcelery import keys, messages, registry
-from pgcelery.messages import ENVELOPE
 from tests import support
 from tests.testapp.channels import KeyedInOrder, Message, TicketChannel
 
@@ -165,16 +164,9 @@ def bridge():
 
 def published(bridge):
     """(task id, key, n) of the messages on the queue, in order."""
-    found = []
-    with bridge.outboxes[0].publisher.app.connection_for_read() as connection:
-        queue = connection.SimpleQueue("celery")
-        while queue.qsize():
-            received = queue.get_nowait()
-            payload = json.loads(received.payload[1][ENVELOPE]["payload"])
-            found.append((received.headers["id"], payload["key"], payload["n"]))
-            received.ack()
-        queue.close()
-    return found
+    return [(headers["id"], payload["key"], payload["n"]) for headers, payload in (
+        (headers, json.loads(envelope["payload"]))
+        for headers, envelope in support.memory_messages(bridge))]
 
 
 def test_the_claim_parks_keyed_notifications_and_each_finish_releases_the_next(bridge):
