@@ -28,6 +28,7 @@ from tests.testapp.models import Event, Ticket
 
 IN_ORDER = "tests.testapp.listeners.keyed_in_order"
 BLOCKING = "tests.testapp.listeners.keyed_blocking"
+LIMITED = "tests.testapp.listeners.keyed_limited"
 
 
 def published(listener):
@@ -68,6 +69,21 @@ def test_keyed_notifications_wait_in_postgres_and_the_next_goes_when_one_finishe
     worker.finish_delivery("default", first[0][0])
     turn(bridge)
     assert keys_and_ns(published(IN_ORDER)) == [(1, 2)]
+
+
+@pytest.mark.connector
+def test_concurrency_without_a_key_counts_all_the_listeners_deliveries_in_flight(bridge):
+    for n in range(1, 5):
+        pgcelery.notify(KeyedLimited, key=n, n=n)
+    turn(bridge)
+    first = published(LIMITED)
+    assert keys_and_ns(first) == [(1, 1), (2, 2)]  # concurrency=2
+    assert list(Delivery.objects.values_list("key", flat=True)) == [None, None]
+    turn(bridge)
+    assert published(LIMITED) == []
+    worker.finish_delivery("default", first[0][0])
+    turn(bridge)
+    assert keys_and_ns(published(LIMITED)) == [(3, 3)]
 
 
 @pytest.mark.connector
