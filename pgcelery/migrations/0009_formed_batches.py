@@ -4,10 +4,11 @@ import django.contrib.postgres.fields
 from django.db import migrations, models
 
 
-#: The bridge needs the new table as it needs the outbox: the roles that may delete from the
-#: outbox (bridge roles, granted as the documentation lists) get it too, so an upgrade needs
-#: no grant by hand.
-GRANT_TO_BRIDGES = """
+def grant_to_bridges(*grants: str) -> str:
+    """SQL that runs each of ``grants`` (a GRANT with ``%s`` for the role) for every role that
+    may delete from the outbox: the bridge roles, granted as the documentation lists."""
+    executes = "".join(f"        EXECUTE format('{grant}', bridge);\n" for grant in grants)
+    return f"""
 DO $$
 DECLARE bridge text;
 BEGIN
@@ -17,10 +18,14 @@ BEGIN
         WHERE c.oid = to_regclass('pgcelery_notification') AND a.privilege_type = 'DELETE'
           AND a.grantee NOT IN (0, c.relowner)
     LOOP
-        EXECUTE format('GRANT SELECT, INSERT, DELETE ON pgcelery_batch TO %s', bridge);
-    END LOOP;
+{executes}    END LOOP;
 END $$;
 """
+
+
+#: The bridge needs the new table as it needs the outbox: the bridge roles get it too, so an
+#: upgrade needs no grant by hand.
+GRANT_TO_BRIDGES = grant_to_bridges("GRANT SELECT, INSERT, DELETE ON pgcelery_batch TO %s")
 
 
 class Migration(migrations.Migration):

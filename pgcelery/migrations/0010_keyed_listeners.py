@@ -22,23 +22,13 @@ def refuse_if_waiting(apps, schema_editor):
             "then migrate pgcelery zero again."
         )
 
-#: The bridge roles (those that may delete from the outbox) get the new table and its
-#: sequence, as 0009 gave them its own table: an upgrade needs no grant by hand.
-GRANT_TO_BRIDGES = """
-DO $$
-DECLARE bridge text;
-BEGIN
-    FOR bridge IN
-        SELECT DISTINCT a.grantee::regrole::text
-        FROM pg_class AS c, aclexplode(c.relacl) AS a
-        WHERE c.oid = to_regclass('pgcelery_notification') AND a.privilege_type = 'DELETE'
-          AND a.grantee NOT IN (0, c.relowner)
-    LOOP
-        EXECUTE format('GRANT SELECT, INSERT, DELETE ON pgcelery_waiting TO %s', bridge);
-        EXECUTE format('GRANT USAGE ON SEQUENCE pgcelery_waiting_id_seq TO %s', bridge);
-    END LOOP;
-END $$;
-"""
+#: The bridge roles get the new table and its sequence, as 0009 gave them its own table: an
+#: upgrade needs no grant by hand.
+BATCHES = importlib.import_module("pgcelery.migrations.0009_formed_batches")
+GRANT_TO_BRIDGES = BATCHES.grant_to_bridges(
+    "GRANT SELECT, INSERT, DELETE ON pgcelery_waiting TO %s",
+    "GRANT USAGE ON SEQUENCE pgcelery_waiting_id_seq TO %s",
+)
 
 
 class Migration(migrations.Migration):
