@@ -153,12 +153,15 @@ class Outbox:
         #: When to release what waits for keys without a drain: at once once a worker freed a
         #: key, else when the next debounced notification is due (a drain releases too).
         self.release_at = 0.0
+        #: Task ids of deliveries of keyed listeners a worker said finished, since the last
+        #: release: the next one looks at their keys (or at all, if a full one is due).
+        self.freed: set[str] = set()
         self.pruned_at: float | None = None
 
     def next_turn(self) -> float:
         if not self.connector.connected:
             return self.health.retry_at
-        return min(self.sweep_at, self.redeliver_at, self.release_at)
+        return min(self.sweep_at, self.redeliver_at, 0.0 if self.freed else self.release_at)
 
     def remembered(self, deliveries: Sequence[Remembered]) -> None:
         """Looks for unfinished deliveries again when the first of ``deliveries``, just
@@ -334,8 +337,9 @@ class Bridge:
             drained = now >= outbox.sweep_at
             if drained:
                 self._drain(outbox)
-            if self.release is not None and (drained or now >= outbox.release_at):
-                self._release(outbox)
+            if self.release is not None and (drained or now >= outbox.release_at
+                                             or outbox.freed):
+                self._release(outbox, full=drained or now >= outbox.release_at)
             if self.redelivery is not None:
                 self.redelivery.if_due(outbox)
             self._prune_if_due(outbox)
@@ -448,7 +452,11 @@ class Bridge:
             outbox.lost(exc)
             return False
         for woken_channel, payload in wakeups:
-            if payload == keys.FREED:  # only a release is due: nothing new in the outbox
+            task_id = keys.freed_task(payload)
+            if task_id:  # only a release is due: nothing new in the outbox
+                outbox.freed.add(task_id)
+                continue
+            if task_id == "":
                 outbox.release_at = 0.0
                 continue
             if payload:
@@ -569,10 +577,11 @@ class Bridge:
         outbox.remembered(remembered)
         return failed, sent
 
-    def _release(self, outbox: Outbox) -> None:
-        """Publishes the waiting notifications that their keys allow now."""
+    def _release(self, outbox: Outbox, full: bool) -> None:
+        """Publishes the waiting notifications that their keys allow now: of every key if
+        ``full``, else of those just freed."""
         started = time.monotonic()
-        sent = typing.cast(keys.Release, self.release).turn(outbox)
+        sent = typing.cast(keys.Release, self.release).turn(outbox, full)
         if self.metrics is not None and sent:
             self.metrics.published(sent, started)
         if sent:

@@ -29,9 +29,22 @@ logger = logging.getLogger("pgcelery.bridge")
 #: Publishes a delivery through an outbox's broker connection; returns why it could not be.
 Send = Callable[[messages.Delivery, "Outbox"], "str | None"]
 
-#: The payload of the wake-up a worker sends when a delivery of a keyed listener finished:
-#: the bridges release, with no claim.
+#: The wake-up a worker sends when a delivery of a keyed listener finished begins with this,
+#: then a space and the delivery's task id: the bridges release its key, with no claim.
 FREED = "key freed"
+
+
+def freed(task_id: str) -> str:
+    """The payload of the wake-up that says delivery ``task_id`` finished."""
+    return f"{FREED} {task_id}"
+
+
+def freed_task(payload: str) -> str | None:
+    """The task id a wake-up's ``payload`` says finished: "" where it names none (every key
+    may be free), None if it is no such wake-up."""
+    if payload == FREED:
+        return ""
+    return payload.removeprefix(f"{FREED} ") if payload.startswith(f"{FREED} ") else None
 #: The listener options this module reads.
 OPTIONS = ("key", "ordered", "debounce", "debounce_max", "concurrency")
 #: ``debounce_max`` where the listener sets none, in debounce periods.
@@ -230,14 +243,16 @@ class Release:
                          if typing.cast(Keys, listener.keys).blocking]
         self._send = send
 
-    def turn(self, outbox: Outbox) -> list[messages.Delivery]:
-        """Publishes what may go now; returns the deliveries sent. The outbox is due again
-        when the first debounce not yet due is."""
+    def turn(self, outbox: Outbox, full: bool = True) -> list[messages.Delivery]:
+        """Publishes what may go now, of every key if ``full``, else of the keys of the
+        deliveries the outbox heard finished; returns the deliveries sent. The outbox is due
+        again when the first debounce not yet due is."""
         store = outbox.store
+        freed = None if full else sorted(outbox.freed)
         with store.transaction():
-            waiting = store.waiting(self.first, self.limits, self.channels)
+            waiting = store.waiting(self.first, self.limits, self.channels, freed)
             if not waiting:
-                outbox.release_at = math.inf
+                _due_again(outbox, freed, [])
                 return []
             blocked = store.blocked([self.listeners[name] for name in waiting
                                      if self.listeners[name] in self.blocking])
@@ -263,10 +278,23 @@ class Release:
             store.fail_deliveries(failed)
             store.unpark([entry for found in released for entry in found.done])
         outbox.remembered(remembered)
-        due = [found.next_due for found in released if found.next_due is not None]
-        outbox.release_at = time.monotonic() + min(due) if due else math.inf
+        _due_again(outbox, freed, [found.next_due for found in released
+                                   if found.next_due is not None])
         return [delivery for delivery in deliveries
                 if all(delivery is not refused for refused, _ in failed)]
+
+
+def _due_again(outbox: Outbox, freed: Sequence[str] | None, due: list[float]) -> None:
+    """After a release of every key (``freed`` None) or of the keys of ``freed``: releases
+    again when the first of ``due`` (seconds) is, or sooner where a release of other keys
+    asked it. An error before leaves the keys to release again."""
+    at = time.monotonic() + min(due) if due else math.inf
+    if freed is None:
+        outbox.release_at = at
+        outbox.freed.clear()
+    else:
+        outbox.release_at = min(outbox.release_at, at)
+        outbox.freed.difference_update(freed)
 
 
 def _looked_at(listener: Listener, most: int) -> int:

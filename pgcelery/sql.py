@@ -504,24 +504,32 @@ SELECT pg_advisory_xact_lock(hashtext('pgcelery_release')),
        set_config('synchronous_commit', 'off', true)
 """
 
-#: The first notifications waiting for each key of the listeners in $1, up to the number in
-#: $2 for each: (entry id, listener, key as JSON text, outbox row id, position, seed,
-#: channel, trigger, payload, context, seconds since recorded, the key's deliveries in
-#: flight), in commit order per key.
-#: Keys whose deliveries in flight reach the listener's limit in $3 (NULL: none) are left
-#: out, so that a release sorts only what it may publish. Keys are joined by equalities
-#: (a listener without ``key=`` has the SQL null as its one key), which PostgreSQL can hash:
-#: ``IS NOT DISTINCT FROM`` it cannot, and compared every waiting notification with every
-#: busy key (69 ms for 4,000 waiting over 100 keys; 2.4 ms so). Only notifications older than
-#: every pending row of the channels in $4: a row another bridge has claimed, and not yet
-#: moved here, may come before them.
-WAITING_FIRST = f"""
-WITH served AS (
+#: The listeners a release serves, with how many notifications of a key it looks at and
+#: their limit (NULL: none), from $1, $2, $3; and the first pending row of the channels in $4:
+#: a row another bridge has claimed, and not yet moved here, may come before those waiting,
+#: so a release takes only those older than it.
+_SERVED = f"""served AS (
     SELECT * FROM unnest(%s::text[], %s::int[], %s::int[]) AS s (listener, first, most)
 ), horizon AS (
     SELECT coalesce(min(id), 9223372036854775807) AS id FROM {OUTBOX}
     WHERE failed_at IS NULL AND listener IS NULL AND channel = ANY(%s::text[])
-), busy AS (
+)"""
+
+#: What a release reads of each waiting notification ``r`` (with the deliveries of its key
+#: in flight): (entry id, listener, key as JSON text, outbox row id, position, seed, channel,
+#: trigger, payload, context, seconds since recorded, deliveries in flight).
+_WAITING_COLUMNS = """SELECT r.id, r.listener, r.key::text, r.notification, r.position,
+       r.seed::text, r.channel, r.trigger, r.payload::text, r.context::text,
+       extract(epoch FROM statement_timestamp() - r.created_at)::float8, r.in_flight"""
+
+#: The first notifications waiting for each key of the served listeners (``_SERVED``), up to
+#: their number for each, in commit order per key. Keys whose deliveries in flight reach the
+#: listener's limit are left out, so that a release sorts only what it may publish. Keys are
+#: joined by equalities (a listener without ``key=`` has the SQL null as its one key), which
+#: PostgreSQL can hash: ``IS NOT DISTINCT FROM`` it cannot, and compared every waiting
+#: notification with every busy key (69 ms for 4,000 waiting over 100 keys; 2.4 ms so).
+WAITING_FIRST = f"""
+WITH {_SERVED}, busy AS (
     SELECT d.listener, d.key IS NULL AS keyless, coalesce(d.key, 'null') AS key, count(*) AS n
     FROM {DELIVERIES} AS d JOIN served USING (listener)
     WHERE d.finished_at IS NULL
@@ -537,12 +545,52 @@ WITH served AS (
     WHERE w.notification < (SELECT id FROM horizon)
       AND (s.most IS NULL OR coalesce(b.n, 0) < s.most)
 )
-SELECT r.id, r.listener, r.key::text, r.notification, r.position, r.seed::text, r.channel,
-       r.trigger, r.payload::text, r.context::text,
-       extract(epoch FROM statement_timestamp() - r.created_at)::float8, r.in_flight
+{_WAITING_COLUMNS}
 FROM ranked AS r JOIN served AS s USING (listener)
 WHERE r.n <= s.first
 ORDER BY r.listener, r.key, r.n
+"""
+
+#: The first notifications waiting for {key}, of listener {listener}, older than the horizon,
+#: in commit order, up to {first}; with {in_flight}. Each {key} is looked up by the index on
+#: (listener, key, notification, position), in its order: the SQL null (a listener without
+#: ``key=``) in a branch of its own, as ``IS NOT DISTINCT FROM`` cannot use it.
+_FIRST_OF_KEY = """(SELECT w.*, {in_flight} AS in_flight FROM {waiting} AS w
+ WHERE w.listener = {listener} AND w.key = {key} AND w.notification < (SELECT id FROM horizon)
+ ORDER BY w.listener, w.key, w.notification, w.position LIMIT {first})
+UNION ALL
+(SELECT w.*, {in_flight} FROM {waiting} AS w
+ WHERE {key} IS NULL AND w.listener = {listener} AND w.key IS NULL
+   AND w.notification < (SELECT id FROM horizon)
+ ORDER BY w.listener, w.key, w.notification, w.position LIMIT {first})"""
+
+#: The deliveries of {listener} in flight for {key} (the SQL null: of a listener without
+#: ``key=``), by the index on (listener, key) of unfinished deliveries.
+_IN_FLIGHT = f"""(SELECT count(*) FROM {DELIVERIES} AS d
+ WHERE d.finished_at IS NULL AND d.listener = {{listener}} AND d.key = {{key}})
++ (SELECT count(*) FROM {DELIVERIES} AS d
+   WHERE {{key}} IS NULL AND d.finished_at IS NULL AND d.listener = {{listener}}
+     AND d.key IS NULL)"""
+
+#: ``WAITING_FIRST`` for the keys of the deliveries in $5 only (task ids: those a worker just
+#: finished, which freed their keys), each read through the indexes: what a worker's wake-up
+#: costs does not grow with the notifications waiting (0.4–0.6 ms with 100,000 waiting over
+#: 100 keys, where ``WAITING_FIRST`` reads them all in 60–90 ms).
+WAITING_FREED = f"""
+WITH {_SERVED}, freed AS (
+    SELECT DISTINCT d.listener, d.key, s.first, s.most
+    FROM {DELIVERIES} AS d JOIN served AS s USING (listener)
+    WHERE d.task_id = ANY(%s::text[])
+), counted AS MATERIALIZED (
+    SELECT f.*, {_IN_FLIGHT.format(listener="f.listener", key="f.key")} AS in_flight
+    FROM freed AS f
+)
+{_WAITING_COLUMNS}
+FROM counted AS c
+CROSS JOIN LATERAL ({_FIRST_OF_KEY.format(waiting=WAITING, listener="c.listener", key="c.key",
+                                          first="c.first", in_flight="c.in_flight")}) AS r
+WHERE c.most IS NULL OR c.in_flight < c.most
+ORDER BY r.listener, r.key, r.notification, r.position
 """
 
 #: The keys held by a failed delivery of an ``ordered="block"`` listener, or by one retried

@@ -165,12 +165,14 @@ class OutboxStore(abc.ABC):
 
     @abc.abstractmethod
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
-                channels: Sequence[str]) -> dict[str, list[Waiting]]:
+                channels: Sequence[str],
+                freed: Sequence[str] | None = None) -> dict[str, list[Waiting]]:
         """Per listener of ``first`` (task name: how many), the first notifications waiting
         for each of its keys, in commit order, each with its key's deliveries in flight; but
         none that a pending row of ``channels`` (claimed by another bridge, not yet parked)
         may come before, and none of a key whose deliveries in flight reach the listener's
-        ``limits``. Holds off the releases of other bridges until the transaction ends."""
+        ``limits``. With ``freed`` (task ids of finished deliveries), only of their keys.
+        Holds off the releases of other bridges until the transaction ends."""
 
     @abc.abstractmethod
     def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
@@ -288,13 +290,16 @@ class DatabaseStore(OutboxStore):
             strict=True)])
 
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
-                channels: Sequence[str]) -> dict[str, list[Waiting]]:
+                channels: Sequence[str],
+                freed: Sequence[str] | None = None) -> dict[str, list[Waiting]]:
         self.connector.run(sql.LOCK_RELEASE)
+        served = [list(first), list(first.values()), [limits[name] for name in first],
+                  list(channels)]
+        query, params = ((sql.WAITING_FIRST, served) if freed is None
+                         else (sql.WAITING_FREED, [*served, list(freed)]))
         found: dict[str, list[Waiting]] = {}
         for (entry, listener, key, notification, position, seed, channel, trigger, payload,
-             context, age, in_flight) in self.connector.run(sql.WAITING_FIRST, [
-                 list(first), list(first.values()), [limits[name] for name in first],
-                 list(channels)]):
+             context, age, in_flight) in self.connector.run(query, params):
             found.setdefault(listener, []).append(Waiting(entry, key, messages.Row(
                 notification, position, uuid.UUID(seed), channel, trigger, payload, context,
                 age=age), in_flight))
@@ -376,6 +381,8 @@ class MemoryStore(OutboxStore):
         self.failed: list[tuple[messages.Row, str]] = []
         self.formed: dict[str, Formed] = {}
         self.remembered: dict[str, _Kept] = {}
+        #: Deliveries a worker finished (``finish``), out of ``remembered``.
+        self.finished: dict[str, _Kept] = {}
         self.parked: list[_Parked] = []
         self._parked_ids = itertools.count(1)
         #: What the transaction in progress applies at its commit, as deferred statements.
@@ -465,6 +472,10 @@ class MemoryStore(OutboxStore):
                 delivery.rows, delivery.listener.task_name, seconds, time.monotonic() + seconds,
                 _memory_key(delivery.listener, delivery.row.payload))
 
+    def finish(self, task_id: str) -> None:
+        """Marks a remembered delivery finished, as a worker does when its task ends."""
+        self.finished[task_id] = self.remembered.pop(task_id)
+
     def forget(self, task_ids: Sequence[str]) -> None:
         self._defer(lambda: [self.remembered.pop(task_id, None) for task_id in task_ids])
 
@@ -508,7 +519,11 @@ class MemoryStore(OutboxStore):
                                        _memory_key(listener, row.payload), row, now - row.age))
 
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
-                channels: Sequence[str]) -> dict[str, list[Waiting]]:
+                channels: Sequence[str],
+                freed: Sequence[str] | None = None) -> dict[str, list[Waiting]]:
+        looked = None if freed is None else {
+            (kept.listener, kept.key) for task_id in freed
+            if (kept := self.finished.get(task_id) or self.remembered.get(task_id))}
         horizon = min((row.id for row in self.pending
                        if row.channel in channels and row.listener is None), default=None)
         now = time.monotonic()
@@ -518,7 +533,8 @@ class MemoryStore(OutboxStore):
         for entry in sorted(self.parked, key=lambda entry: (entry.row.id, entry.row.position)):
             most, in_flight = limits.get(entry.listener), busy[entry.listener, entry.key]
             if (entry.listener not in first or horizon is not None and entry.row.id >= horizon
-                    or most is not None and in_flight >= most):
+                    or most is not None and in_flight >= most
+                    or looked is not None and (entry.listener, entry.key) not in looked):
                 continue
             taken[entry.listener, entry.key] += 1
             if taken[entry.listener, entry.key] <= first[entry.listener]:

@@ -225,7 +225,7 @@ def _wakes(envelope: dict[str, Any], task_name: str) -> str | None:
 def _finishing(task_id: str, wake: str | None) -> tuple[str, list[str]]:
     if wake is None:
         return sql.FINISH_DELIVERY, [task_id]
-    return sql.FINISH_KEYED_DELIVERY, [task_id, wake, keys.FREED]
+    return sql.FINISH_KEYED_DELIVERY, [task_id, wake, keys.freed(task_id)]
 
 
 def _postpone_delivery(database: str, task_id: str, seconds: float) -> None:

@@ -46,7 +46,7 @@ def turn(bridge):
     """What one turn of the bridge does: claim what is pending, release what keys allow."""
     bridge.drain()
     [outbox] = bridge.outboxes
-    bridge._release(outbox)
+    bridge._release(outbox, full=True)
 
 
 # -- in-process ------------------------------------------------------------------------------
@@ -84,6 +84,12 @@ def test_concurrency_without_a_key_counts_all_the_listeners_deliveries_in_flight
     worker.finish_delivery("default", first[0][0])
     turn(bridge)
     assert keys_and_ns(published(LIMITED)) == [(3, 3)]
+    [outbox] = bridge.outboxes
+    bridge._woken(outbox)  # the wake-ups of the notifications themselves
+    worker.finish_delivery("default", first[1][0], channels.pg_channel(KeyedLimited.name()))
+    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    bridge._release(outbox, full=False)  # the release of the freed slot, by the SQL null key
+    assert keys_and_ns(published(LIMITED)) == [(4, 4)]
 
 
 @pytest.mark.connector
@@ -95,6 +101,25 @@ def test_a_worker_that_finishes_a_keyed_delivery_wakes_the_bridge(bridge):
     bridge._woken(outbox)  # the wake-up of the notification itself
     worker.finish_delivery("default", task_id, channels.pg_channel(KeyedInOrder.name()))
     support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+
+
+@pytest.mark.connector
+def test_a_finishs_wake_up_releases_the_next_of_its_key_and_no_other(bridge):
+    for n in (1, 2):
+        for key in (1, 2):
+            pgcelery.notify(KeyedInOrder, key=key, n=n)
+    turn(bridge)
+    first = {payload["key"]: task_id for task_id, payload in published(IN_ORDER)}
+    [outbox] = bridge.outboxes
+    bridge._woken(outbox)  # the wake-ups of the notifications themselves
+    worker.finish_delivery("default", first[2])  # marked, but with no wake-up
+    worker.finish_delivery("default", first[1], channels.pg_channel(KeyedInOrder.name()))
+    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    assert outbox.freed == {first[1]}
+    bridge._release(outbox, full=False)
+    assert keys_and_ns(published(IN_ORDER)) == [(1, 2)]
+    bridge._release(outbox, full=True)
+    assert keys_and_ns(published(IN_ORDER)) == [(2, 2)]
 
 
 @pytest.mark.connector

@@ -176,13 +176,39 @@ def test_the_claim_parks_keyed_notifications_and_each_finish_releases_the_next(b
         [(1, 1), (2, 1), (1, 2), (1, 3), (2, 2)], 1)))
     bridge._drain(outbox)
     assert store.pending == [] and len(store.parked) == 5
-    bridge._release(outbox)
+    bridge._release(outbox, full=True)
     first = published(bridge)
     assert [(key, n) for _, key, n in first] == [(1, 1), (2, 1)]
-    bridge._release(outbox)
+    bridge._release(outbox, full=True)
     assert published(bridge) == []  # both keys in flight
-    store.remembered.pop(first[0][0])  # the worker finished key 1's first
-    bridge._release(outbox)
+    store.finish(first[0][0])  # the worker finished key 1's first
+    bridge._release(outbox, full=True)
     assert [(key, n) for _, key, n in published(bridge)] == [(1, 2)]
     assert sorted(store.remembered[task].key for task in store.remembered) == ["1", "2"]
     assert store.waiting_counts() == [("tests.testapp.channels.KeyedInOrder", IN_ORDER, 2)]
+
+
+def test_a_release_after_finishes_looks_at_the_keys_of_the_finished_deliveries_only(bridge):
+    [outbox] = bridge.outboxes
+    store = outbox.store
+    store.add(*(keyed(row_id, key, n) for row_id, (key, n) in enumerate(
+        [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)], 1)))
+    bridge._drain(outbox)
+    bridge._release(outbox, full=True)
+    first = {key: task_id for task_id, key, _ in published(bridge)}
+    assert sorted(first) == [1, 2, 3]
+    for key in (1, 2):
+        store.finish(first[key])
+    outbox.freed.add(first[1])  # the wake-up of key 1's finish only
+    bridge._release(outbox, full=False)
+    assert [(key, n) for _, key, n in published(bridge)] == [(1, 2)]
+    assert outbox.freed == set()
+    bridge._release(outbox, full=True)  # a drain's, or a sweep's
+    assert [(key, n) for _, key, n in published(bridge)] == [(2, 2)]
+
+
+def test_a_finish_wakes_the_bridges_with_its_task_id():
+    assert keys.freed_task(keys.freed("a-task")) == "a-task"
+    assert keys.freed_task(keys.FREED) == ""  # every key may be free
+    assert keys.freed_task("") is None
+    assert keys.freed_task(f"{keys.FREED}om") is None
