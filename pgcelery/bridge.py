@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
 import signal
 import socket
@@ -156,12 +157,19 @@ class Outbox:
         #: Task ids of deliveries of keyed listeners a worker said finished, since the last
         #: release: the next one looks at their keys (or at all, if a full one is due).
         self.freed: set[str] = set()
+        #: When its last release began.
+        self.released_at = -math.inf
         self.pruned_at: float | None = None
 
     def next_turn(self) -> float:
         if not self.connector.connected:
             return self.health.retry_at
-        return min(self.sweep_at, self.redeliver_at, 0.0 if self.freed else self.release_at)
+        return min(self.sweep_at, self.redeliver_at, self.release_at, self.freed_release_at())
+
+    def freed_release_at(self) -> float:
+        """When to release the keys workers freed: at once, but not sooner than
+        ``keys.RELEASE_GAP`` after the last release."""
+        return self.released_at + keys.RELEASE_GAP if self.freed else math.inf
 
     def remembered(self, deliveries: Sequence[Remembered]) -> None:
         """Looks for unfinished deliveries again when the first of ``deliveries``, just
@@ -337,9 +345,9 @@ class Bridge:
             drained = now >= outbox.sweep_at
             if drained:
                 self._drain(outbox)
-            if self.release is not None and (drained or now >= outbox.release_at
-                                             or outbox.freed):
-                self._release(outbox, full=drained or now >= outbox.release_at)
+            full = drained or now >= outbox.release_at
+            if self.release is not None and (full or now >= outbox.freed_release_at()):
+                self._release(outbox, full)
             if self.redelivery is not None:
                 self.redelivery.if_due(outbox)
             self._prune_if_due(outbox)
@@ -580,7 +588,7 @@ class Bridge:
     def _release(self, outbox: Outbox, full: bool) -> None:
         """Publishes the waiting notifications that their keys allow now: of every key if
         ``full``, else of those just freed."""
-        started = time.monotonic()
+        started = outbox.released_at = time.monotonic()
         sent = typing.cast(keys.Release, self.release).turn(outbox, full)
         if self.metrics is not None and sent:
             self.metrics.published(sent, started)

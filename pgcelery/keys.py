@@ -45,6 +45,10 @@ def freed_task(payload: str) -> str | None:
     if payload == FREED:
         return ""
     return payload.removeprefix(f"{FREED} ") if payload.startswith(f"{FREED} ") else None
+#: Seconds at least from one release to the next that workers' wake-ups ask: under load, one
+#: release serves every key freed meanwhile (a transaction of four statements, not one per
+#: finished task), and a key's next notification waits that much longer at most.
+RELEASE_GAP = 0.005
 #: The listener options this module reads.
 OPTIONS = ("key", "ordered", "debounce", "debounce_max", "concurrency")
 #: ``debounce_max`` where the listener sets none, in debounce periods.

@@ -4,6 +4,7 @@ of concurrency 4, counting what the listeners ran."""
 
 import collections
 import json
+import math
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from django.core.management import call_command
 from django.db import connection
 
 import pgcelery
-from pgcelery import channels, sql, worker
+from pgcelery import channels, keys, sql, worker
 from pgcelery.models import Delivery, Notification, Waiting
 from pgcelery.status import channel_status
 from tests import support
@@ -120,6 +121,26 @@ def test_a_finishs_wake_up_releases_the_next_of_its_key_and_no_other(bridge):
     assert keys_and_ns(published(IN_ORDER)) == [(1, 2)]
     bridge._release(outbox, full=True)
     assert keys_and_ns(published(IN_ORDER)) == [(2, 2)]
+
+
+@pytest.mark.connector
+def test_a_release_that_wake_ups_ask_comes_no_sooner_than_the_gap_after_the_last(bridge):
+    for n in (1, 2):
+        pgcelery.notify(KeyedInOrder, key=1, n=n)
+    turn(bridge)
+    [(task_id, _)] = published(IN_ORDER)
+    [outbox] = bridge.outboxes
+    bridge._woken(outbox)  # the wake-ups of the notifications themselves
+    worker.finish_delivery("default", task_id, channels.pg_channel(KeyedInOrder.name()))
+    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    outbox.sweep_at = outbox.redeliver_at = outbox.release_at = math.inf
+    outbox.released_at = time.monotonic()  # as if a release had just begun
+    bridge._turn(outbox)
+    assert published(IN_ORDER) == [] and outbox.freed == {task_id}
+    assert outbox.next_turn() == outbox.released_at + keys.RELEASE_GAP
+    outbox.released_at -= keys.RELEASE_GAP
+    bridge._turn(outbox)
+    assert keys_and_ns(published(IN_ORDER)) == [(1, 2)]
 
 
 @pytest.mark.connector
