@@ -43,6 +43,16 @@ def keys_and_ns(messages):
             for _, payload in messages]
 
 
+def finish_and_wake(bridge, task_id, channel):
+    """Marks delivery ``task_id`` finished as a worker does, waking the bridges; returns the
+    bridge's outbox once it has read the wake-up."""
+    [outbox] = bridge.outboxes
+    bridge._woken(outbox)  # the wake-ups of the notifications themselves
+    worker.finish_delivery("default", task_id, channels.pg_channel(channel.name()))
+    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    return outbox
+
+
 def turn(bridge):
     """What one turn of the bridge does: claim what is pending, release what keys allow."""
     bridge.drain()
@@ -85,10 +95,7 @@ def test_concurrency_without_a_key_counts_all_the_listeners_deliveries_in_flight
     worker.finish_delivery("default", first[0][0])
     turn(bridge)
     assert keys_and_ns(published(LIMITED)) == [(3, 3)]
-    [outbox] = bridge.outboxes
-    bridge._woken(outbox)  # the wake-ups of the notifications themselves
-    worker.finish_delivery("default", first[1][0], channels.pg_channel(KeyedLimited.name()))
-    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    outbox = finish_and_wake(bridge, first[1][0], KeyedLimited)
     bridge._release(outbox, full=False)  # the release of the freed slot, by the SQL null key
     assert keys_and_ns(published(LIMITED)) == [(4, 4)]
 
@@ -98,10 +105,8 @@ def test_a_worker_that_finishes_a_keyed_delivery_wakes_the_bridge(bridge):
     pgcelery.notify(KeyedInOrder, key=1, n=1)
     turn(bridge)
     [(task_id, _)] = published(IN_ORDER)
-    [outbox] = bridge.outboxes
-    bridge._woken(outbox)  # the wake-up of the notification itself
-    worker.finish_delivery("default", task_id, channels.pg_channel(KeyedInOrder.name()))
-    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    outbox = finish_and_wake(bridge, task_id, KeyedInOrder)
+    assert outbox.freed == {task_id}
 
 
 @pytest.mark.connector
@@ -111,11 +116,8 @@ def test_a_finishs_wake_up_releases_the_next_of_its_key_and_no_other(bridge):
             pgcelery.notify(KeyedInOrder, key=key, n=n)
     turn(bridge)
     first = {payload["key"]: task_id for task_id, payload in published(IN_ORDER)}
-    [outbox] = bridge.outboxes
-    bridge._woken(outbox)  # the wake-ups of the notifications themselves
     worker.finish_delivery("default", first[2])  # marked, but with no wake-up
-    worker.finish_delivery("default", first[1], channels.pg_channel(KeyedInOrder.name()))
-    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    outbox = finish_and_wake(bridge, first[1], KeyedInOrder)
     assert outbox.freed == {first[1]}
     bridge._release(outbox, full=False)
     assert keys_and_ns(published(IN_ORDER)) == [(1, 2)]
@@ -129,10 +131,7 @@ def test_a_release_that_wake_ups_ask_comes_no_sooner_than_the_gap_after_the_last
         pgcelery.notify(KeyedInOrder, key=1, n=n)
     turn(bridge)
     [(task_id, _)] = published(IN_ORDER)
-    [outbox] = bridge.outboxes
-    bridge._woken(outbox)  # the wake-ups of the notifications themselves
-    worker.finish_delivery("default", task_id, channels.pg_channel(KeyedInOrder.name()))
-    support.wait_until(lambda: bridge._wait(outbox, 1.0), 10, "a wake-up")
+    outbox = finish_and_wake(bridge, task_id, KeyedInOrder)
     outbox.sweep_at = outbox.redeliver_at = outbox.release_at = math.inf
     outbox.released_at = time.monotonic()  # as if a release had just begun
     bridge._turn(outbox)
