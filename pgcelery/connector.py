@@ -71,8 +71,10 @@ class Connector(abc.ABC):
         self.watchdog: Watchdog | None = None
         self.timeout = conf.database_timeout()
         self.notification_filter = conf.notification_filter()
-        #: The claim as this connection runs it: prepared where its session is its own.
+        #: The claim as this connection runs it, with ``PGCELERY_NOTIFICATION_FILTER``.
         self.claim_statement = sql.claim("true")
+        #: The EXECUTE of each statement prepared in this session (``sql.prepared``).
+        self._executes: dict[str, str] = {}
 
     @property
     def connected(self) -> bool:
@@ -83,8 +85,9 @@ class Connector(abc.ABC):
 
         Through a transaction pooler (pgbouncer's transaction mode) they cannot: each
         transaction may run in another server session. Then the connection sets nothing
-        that outlives a transaction (no LISTEN, no prepared claim), and ``listening``
-        is False: the bridge sweeps.
+        that outlives a transaction (no LISTEN, no prepared statement), and ``listening``
+        is False: the bridge sweeps. Prepared statements have names of their own: a
+        session a pooler hands on to another client holds none of the same name.
         """
         params = connections[self.alias].get_connection_params()
         for key in _DJANGO_ONLY_PARAMS:
@@ -99,18 +102,22 @@ class Connector(abc.ABC):
         self._check_privileges()
         self._receive_wakeups()
         self.listening = self._wakeups_arrive(params)
-        where = self._where()
-        self.claim_statement = sql.claim(where)
+        self.claim_statement = sql.claim(self._where())
         if not self.listening:
             return
-        name = f"pgcelery_claim_{secrets.token_hex(8)}"
+        token = secrets.token_hex(8)
+        statements = [self.claim_statement, *sql.PREPARED]
+        forms = [sql.prepared(f"pgcelery_{token}_{n}", statement)
+                 for n, statement in enumerate(statements)]
         with self.transaction():
-            self.run(sql.prepare_claim(name, where))
+            for prepare, _ in forms:
+                self.run(prepare)
             for pg_channel in pg_channels:
                 self.run(sql.listen(pg_channel))
         # LISTEN takes effect at commit: committed before the first claim, so no
         # notification committed after that claim can go unnoticed.
-        self.claim_statement = sql.execute_claim(name)
+        self._executes = {statement: execute
+                          for statement, (_, execute) in zip(statements, forms, strict=True)}
 
     def _where(self) -> str:
         """``PGCELERY_NOTIFICATION_FILTER`` as SQL with its values written in, or ``true``."""
@@ -180,6 +187,7 @@ class Connector(abc.ABC):
                     connection.close()
         self._connection = self._apart = None
         self._wakeups.clear()
+        self._executes = {}
 
     def fileno(self) -> int:
         """The connection's socket, to wait on with ``select``."""
@@ -237,9 +245,10 @@ class Connector(abc.ABC):
 
     def run(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Runs ``statement`` after the statements deferred before it and returns its rows;
-        the first statement of a transaction begins it."""
+        the first statement of a transaction begins it. A statement prepared in this
+        session runs as its EXECUTE."""
         with self._connection.cursor() as cursor:
-            text = statement if params is None else self._mogrify(cursor, statement, params)
+            text = self._text(cursor, statement, params)
             if self._deferred is not None:
                 before = ([] if self._begun else ["BEGIN"]) + self._deferred
                 text = "; ".join([*before, text])
@@ -247,13 +256,18 @@ class Connector(abc.ABC):
             cursor.execute(text)
             return self._rows(cursor)
 
-    def defer(self, statement: str, params: Any) -> None:
+    def defer(self, statement: str, params: Any = None) -> None:
         """Sends ``statement`` with the transaction's next statement or its COMMIT: for
         those whose result is not read."""
         if self._deferred is None:
             raise RuntimeError("A deferred statement runs in a transaction only.")
         with self._connection.cursor() as cursor:
-            self._deferred.append(self._mogrify(cursor, statement, params))
+            self._deferred.append(self._text(cursor, statement, params))
+
+    def _text(self, cursor: Any, statement: str, params: Any) -> str:
+        """``statement`` as sent: its EXECUTE where it is prepared, ``params`` bound."""
+        statement = self._executes.get(statement, statement)
+        return statement if params is None else self._mogrify(cursor, statement, params)
 
     def run_apart(self, statement: str, params: Any) -> None:
         """Runs and commits ``statement`` on a connection of its own, whatever becomes of the

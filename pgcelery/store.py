@@ -292,7 +292,7 @@ class DatabaseStore(OutboxStore):
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
                 channels: Sequence[str],
                 freed: Sequence[str] | None = None) -> dict[str, list[Waiting]]:
-        self.connector.run(sql.LOCK_RELEASE)
+        self.connector.defer(sql.LOCK_RELEASE)  # sent with the read, which waits for it
         served = [list(first), list(first.values()), [limits[name] for name in first],
                   list(channels)]
         query, params = ((sql.WAITING_FIRST, served) if freed is None

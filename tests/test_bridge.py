@@ -74,6 +74,30 @@ def test_a_broadcast_route_declares_its_exchange_and_no_queue_of_the_bridges():
         conn.default_channel.queue_declare(queue=queue.name, passive=True)
 
 
+def test_the_claim_and_the_statements_of_every_turn_run_prepared_in_the_bridges_session(
+        bridge):
+    [outbox] = bridge.outboxes
+    connector = outbox.connector
+    with connector.transaction():
+        found = connector.run("SELECT statement FROM pg_prepared_statements")
+    assert len(found) == len(sql.PREPARED) + 1
+    pgcelery.notify(Message, text="prepared")
+    assert bridge.drain() == 1
+    with connector.transaction():
+        runs = dict(connector.run("SELECT name, generic_plans + custom_plans "
+                                  "FROM pg_prepared_statements"))
+    names = {statement: execute.split('"')[1]
+             for statement, execute in connector._executes.items()}
+    assert runs[names[connector.claim_statement]] == 1 and runs[names[sql.DELETE]] == 1
+
+
+def test_a_prepared_statement_takes_its_parameters_as_the_statement_casts_them():
+    statement = "SELECT %s::int[], %(a)s, x LIKE 'a%%s' FROM t WHERE y = ANY(%s) AND z < %(a)s"
+    assert sql.prepared("p", statement) == (
+        """PREPARE "p" AS SELECT $1::int[], $2, x LIKE 'a%s' FROM t WHERE y = ANY($3) AND z < $2""",
+        'EXECUTE "p" (%s::int[], %(a)s, %s)')
+
+
 def test_a_wake_up_read_during_a_batch_is_not_lost(bridge):
     pgcelery.notify(Message, text="woken")
     # The claim reads the pending wake-up off the socket along with its own result.
