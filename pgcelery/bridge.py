@@ -157,8 +157,10 @@ class Outbox:
         #: Task ids of deliveries of keyed listeners a worker said finished, since the last
         #: release: the next one looks at their keys (or at all, if a full one is due).
         self.freed: set[str] = set()
-        #: When its last release began.
+        #: When its last release began, and how long after it the next that workers'
+        #: wake-ups ask waits (see ``keys.RELEASE_GAP``).
         self.released_at = -math.inf
+        self.release_gap = 0.0
         self.pruned_at: float | None = None
 
     def next_turn(self) -> float:
@@ -167,9 +169,9 @@ class Outbox:
         return min(self.sweep_at, self.redeliver_at, self.release_at, self.freed_release_at())
 
     def freed_release_at(self) -> float:
-        """When to release the keys workers freed: at once, but not sooner than
-        ``keys.RELEASE_GAP`` after the last release."""
-        return self.released_at + keys.RELEASE_GAP if self.freed else math.inf
+        """When to release the keys workers freed: at once, but not sooner than the gap
+        after the last release."""
+        return self.released_at + self.release_gap if self.freed else math.inf
 
     def remembered(self, deliveries: Sequence[Remembered]) -> None:
         """Looks for unfinished deliveries again when the first of ``deliveries``, just
@@ -590,6 +592,7 @@ class Bridge:
         ``full``, else of those just freed."""
         started = outbox.released_at = time.monotonic()
         sent = typing.cast(keys.Release, self.release).turn(outbox, full)
+        outbox.release_gap = keys.RELEASE_GAP if len(sent) > 1 else 0.0
         if self.metrics is not None and sent:
             self.metrics.published(sent, started)
         if sent:

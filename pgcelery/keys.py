@@ -45,10 +45,12 @@ def freed_task(payload: str) -> str | None:
     if payload == FREED:
         return ""
     return payload.removeprefix(f"{FREED} ") if payload.startswith(f"{FREED} ") else None
-#: Seconds at least from one release to the next that workers' wake-ups ask: under load, one
-#: release serves every key freed meanwhile (a transaction of four statements, not one per
-#: finished task), and a key's next notification waits that much longer at most.
-RELEASE_GAP = 0.005
+#: Seconds at least from a release that published several deliveries to the next that
+#: workers' wake-ups ask: under load, one release serves every key freed meanwhile (a
+#: transaction of three round trips, not one per finished task), and a key's next
+#: notification waits that much longer at most. After a release of one delivery, or of
+#: none, the next goes at once: a lone busy key does not wait.
+RELEASE_GAP = 0.010
 #: The listener options this module reads.
 OPTIONS = ("key", "ordered", "debounce", "debounce_max", "concurrency")
 #: ``debounce_max`` where the listener sets none, in debounce periods.

@@ -116,6 +116,7 @@ def test_a_finishs_wake_up_releases_the_next_of_its_key_and_no_other(bridge):
             pgcelery.notify(KeyedInOrder, key=key, n=n)
     turn(bridge)
     first = {payload["key"]: task_id for task_id, payload in published(IN_ORDER)}
+    assert bridge.outboxes[0].release_gap == keys.RELEASE_GAP  # it published two
     worker.finish_delivery("default", first[2])  # marked, but with no wake-up
     outbox = finish_and_wake(bridge, first[1], KeyedInOrder)
     assert outbox.freed == {first[1]}
@@ -126,20 +127,23 @@ def test_a_finishs_wake_up_releases_the_next_of_its_key_and_no_other(bridge):
 
 
 @pytest.mark.connector
-def test_a_release_that_wake_ups_ask_comes_no_sooner_than_the_gap_after_the_last(bridge):
+def test_after_a_release_of_several_the_next_that_wake_ups_ask_waits_for_the_gap(bridge):
     for n in (1, 2):
         pgcelery.notify(KeyedInOrder, key=1, n=n)
     turn(bridge)
     [(task_id, _)] = published(IN_ORDER)
     outbox = finish_and_wake(bridge, task_id, KeyedInOrder)
     outbox.sweep_at = outbox.redeliver_at = outbox.release_at = math.inf
-    outbox.released_at = time.monotonic()  # as if a release had just begun
+    assert outbox.release_gap == 0.0  # the last release published one delivery
+    outbox.released_at = time.monotonic()  # as if a release of several had just begun
+    outbox.release_gap = keys.RELEASE_GAP
     bridge._turn(outbox)
     assert published(IN_ORDER) == [] and outbox.freed == {task_id}
     assert outbox.next_turn() == outbox.released_at + keys.RELEASE_GAP
     outbox.released_at -= keys.RELEASE_GAP
     bridge._turn(outbox)
     assert keys_and_ns(published(IN_ORDER)) == [(1, 2)]
+    assert outbox.release_gap == 0.0
 
 
 @pytest.mark.connector
