@@ -511,13 +511,10 @@ ORDER BY p.notification, p.position
 #: its notifications at once. Held until the release's transaction ends.
 #: The release's commit does not wait for the disk (0.08 ms, not 0.38, here): one lost in a
 #: server crash puts its notifications back to wait, to be published again under the same
-#: task ids, as a crash between the publish and the commit would. Its prepared statements
-#: run on their generic plans: PostgreSQL kept planning ``WAITING_FREED`` for each call's
-#: values (0.4 ms, where its run takes 0.1), for a plan no faster.
+#: task ids, as a crash between the publish and the commit would.
 LOCK_RELEASE = """
 SELECT pg_advisory_xact_lock(hashtext('pgcelery_release')),
-       set_config('synchronous_commit', 'off', true),
-       set_config('plan_cache_mode', 'force_generic_plan', true)
+       set_config('synchronous_commit', 'off', true)
 """
 
 #: The listeners a release serves, with how many notifications of a key it looks at and
