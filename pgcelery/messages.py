@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 import typing
 import uuid
 from collections.abc import Sequence
@@ -67,7 +68,9 @@ class Delivery:
 
     def envelope(self, database: str, redeliver_after: float | None = None) -> dict[str, Any]:
         """What the listener's task receives; ``redeliver_after`` tells it to mark its
-        delivery finished, and is left out for listeners without it."""
+        delivery finished, and is left out for listeners without it. The first publish of
+        a delivery (not a redelivery, not a failed one retried) carries its time: no copy of
+        it can be out before ``redeliver_after`` has passed."""
         row = self.row
         opened: dict[str, Any] = {"channel": row.channel, "trigger": row.trigger}
         if self.listener.batch is None:
@@ -78,6 +81,8 @@ class Delivery:
         opened["database"] = database
         if redeliver_after is not None:
             opened["redeliver_after"] = redeliver_after
+            if row.task_id is None:
+                opened["published_at"] = time.time()
         return opened
 
 

@@ -16,10 +16,12 @@ import functools
 import inspect
 import logging
 import numbers
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery import Task, signals
+from celery.app.task import Context
 from celery.exceptions import Ignore, Retry
 from celery.local import Proxy
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
@@ -63,7 +65,7 @@ def adopt(target: Task | Proxy) -> Task:
         elif atomic:
             call = functools.partial(_run_once, task, database, call)
         if envelope is not None and envelope.get("redeliver_after") is not None:
-            call = functools.partial(_run_delivery, task.name, task_id, envelope, call)
+            call = functools.partial(_run_delivery, task, task_id, envelope, call)
         return call()
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
@@ -164,7 +166,7 @@ def _run_batch_once(task: Task, envelope: dict[str, Any], batch: _Batch) -> Any:
     raise Ignore()
 
 
-def _run_delivery(task_name: str, task_id: str, envelope: dict[str, Any],
+def _run_delivery(task: Task, task_id: str, envelope: dict[str, Any],
                   call: Callable[[], Any]) -> Any:
     """Runs a delivery of a ``redeliver_after`` listener, then marks it finished.
 
@@ -172,8 +174,8 @@ def _run_delivery(task_name: str, task_id: str, envelope: dict[str, Any],
     it waited in a queue) is skipped. A Celery retry puts the next redelivery off by the
     retry's delay; a failure for good finishes it as a failed delivery.
     """
-    database = envelope["database"]
-    if delivery_finished(database, task_id):
+    database, task_name = envelope["database"], task.name
+    if may_be_a_copy(task.request, envelope) and delivery_finished(database, task_id):
         logger.info("Task %s[%s] finished already; skipping this copy.", task_name, task_id)
         raise Ignore()
     try:
@@ -186,6 +188,21 @@ def _run_delivery(task_name: str, task_id: str, envelope: dict[str, Any],
         raise
     finish_delivery(database, task_id, _wakes(envelope, task_name))
     return result
+
+
+def may_be_a_copy(request: Context, envelope: dict[str, Any]) -> bool:
+    """Whether the message may be a copy of a delivery that finished already, and must be
+    looked up: one the bridge published again, the broker delivered again, or Celery retried.
+
+    The first publish of a delivery, taken within half its ``redeliver_after``, cannot be:
+    the bridge publishes a copy only a whole period after it (the other half allows for the
+    clocks of the bridge and the worker to differ).
+    """
+    published = envelope.get("published_at")
+    if (published is None or request.retries
+            or (request.delivery_info or {}).get("redelivered")):
+        return True
+    return bool(time.time() - published >= envelope["redeliver_after"] / 2)
 
 
 def delivery_finished(database: str, task_id: str) -> bool:

@@ -15,9 +15,11 @@ import uuid
 
 import pytest
 import redis
+from celery.app.task import Context
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import pgcelery
@@ -206,6 +208,7 @@ def test_an_unfinished_delivery_is_published_again_under_its_task_id_when_due(br
     [(name, (task_id, envelope))] = envelopes().items()
     assert (name, task_id, envelope["payload"]) == (kept_redelivered.name, first['{"n": 1}'],
                                                     '{"n": 1}')
+    assert "published_at" not in envelope  # a copy: the worker looks its delivery up
     again = Delivery.objects.get(task_id=task_id)
     assert again.publishes == 2 and again.redeliver_at > timezone.now()
     # Not due again before its period: the next look is planned for then.
@@ -239,6 +242,47 @@ def test_a_worker_finishing_before_the_bridge_commits_waits_for_it(bridge):
     thread.join(10)
     assert finished.is_set()
     assert Delivery.objects.get(task_id=task_id).finished_at is not None
+
+
+def first_publish(bridge):
+    """(task id, envelope) of a ``kept_redelivered`` delivery the bridge just published."""
+    pgcelery.notify(Kept, n=1)
+    bridge.drain()
+    return envelopes()[kept_redelivered.name]
+
+
+@pytest.mark.integration
+def test_a_first_publish_taken_soon_runs_without_looking_its_delivery_up(bridge):
+    task_id, envelope = first_publish(bridge)
+    with CaptureQueriesContext(connection) as queries:
+        kept_redelivered.apply(kwargs={messages.ENVELOPE: envelope}, task_id=task_id)
+    assert [query["sql"] for query in queries if "delivery_finished" in query["sql"]] == []
+    assert runs("kept_redelivered") == {task_id: 1}
+    assert Delivery.objects.get(task_id=task_id).finished_at is not None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("copy", ["published again", "taken late", "retried by Celery"])
+def test_a_message_that_may_be_a_copy_of_a_finished_delivery_is_skipped(bridge, copy):
+    task_id, envelope = first_publish(bridge)
+    worker_side.finish_delivery("default", task_id)
+    options = {}
+    if copy == "published again":
+        del envelope["published_at"]
+    elif copy == "taken late":
+        envelope["published_at"] -= envelope["redeliver_after"] / 2
+    else:
+        options["retries"] = 1
+    kept_redelivered.apply(kwargs={messages.ENVELOPE: envelope}, task_id=task_id, **options)
+    assert runs("kept_redelivered") == {}
+
+
+@pytest.mark.unit
+def test_a_message_the_broker_delivered_again_may_be_a_copy():
+    envelope = {"published_at": time.time(), "redeliver_after": 300.0}
+    assert not worker_side.may_be_a_copy(Context(retries=0, delivery_info={}), envelope)
+    assert worker_side.may_be_a_copy(
+        Context(retries=0, delivery_info={"redelivered": True}), envelope)
 
 
 @pytest.mark.unit
