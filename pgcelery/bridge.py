@@ -592,7 +592,6 @@ class Bridge:
         ``full``, else of those just freed."""
         started = outbox.released_at = time.monotonic()
         sent = typing.cast(keys.Release, self.release).turn(outbox, full)
-        outbox.release_gap = keys.RELEASE_GAP if len(sent) > 1 else 0.0
         if self.metrics is not None and sent:
             self.metrics.published(sent, started)
         if sent:

@@ -51,6 +51,8 @@ def freed_task(payload: str) -> str | None:
 #: notification waits that much longer at most. After a release of one delivery, or of
 #: none, the next goes at once: a lone busy key does not wait.
 RELEASE_GAP = 0.010
+#: The longest a bridge waits before it tries again to take the turn to release.
+MOST_RELEASE_GAP = 1.0
 #: The listener options this module reads.
 OPTIONS = ("key", "ordered", "debounce", "debounce_max", "concurrency")
 #: ``debounce_max`` where the listener sets none, in debounce periods.
@@ -256,9 +258,12 @@ class Release:
         store = outbox.store
         freed = None if full else sorted(outbox.freed)
         with store.transaction():
+            if not store.take_release_turn():
+                _after_another(outbox, full)
+                return []
             waiting = store.waiting(self.first, self.limits, self.channels, freed)
             if not waiting:
-                _due_again(outbox, freed, [])
+                _due_again(outbox, freed, [], 0)
                 return []
             blocked = store.blocked([self.listeners[name] for name in waiting
                                      if self.listeners[name] in self.blocking])
@@ -285,15 +290,27 @@ class Release:
             store.unpark([entry for found in released for entry in found.done])
         outbox.remembered(remembered)
         _due_again(outbox, freed, [found.next_due for found in released
-                                   if found.next_due is not None])
+                                   if found.next_due is not None], len(deliveries))
         return [delivery for delivery in deliveries
                 if all(delivery is not refused for refused, _ in failed)]
 
 
-def _due_again(outbox: Outbox, freed: Sequence[str] | None, due: list[float]) -> None:
-    """After a release of every key (``freed`` None) or of the keys of ``freed``: releases
-    again when the first of ``due`` (seconds) is, or sooner where a release of other keys
-    asked it. An error before leaves the keys to release again."""
+def _after_another(outbox: Outbox, full: bool) -> None:
+    """Another bridge releases now, or hung while it did: this one tries again with the
+    same keys after the gap, twice as long each time it finds the turn taken, up to
+    ``MOST_RELEASE_GAP``."""
+    outbox.release_gap = min(max(2 * outbox.release_gap, RELEASE_GAP), MOST_RELEASE_GAP)
+    if full:
+        outbox.release_at = min(outbox.release_at, time.monotonic() + outbox.release_gap)
+
+
+def _due_again(outbox: Outbox, freed: Sequence[str] | None, due: list[float],
+               published: int) -> None:
+    """After a release of every key (``freed`` None) or of the keys of ``freed`` that
+    ``published`` deliveries: releases again when the first of ``due`` (seconds) is, or
+    sooner where a release of other keys asked it; the gap is kept after a release of
+    several. An error before leaves the keys to release again."""
+    outbox.release_gap = RELEASE_GAP if published > 1 else 0.0
     at = time.monotonic() + min(due) if due else math.inf
     if freed is None:
         outbox.release_at = at

@@ -508,12 +508,14 @@ ORDER BY p.notification, p.position
 """
 
 #: Makes the bridges' releases take turns: two that both saw a key free would publish two of
-#: its notifications at once. Held until the release's transaction ends.
+#: its notifications at once. Taken until the release's transaction ends, if no other release
+#: holds it (then false): a bridge tries again shortly rather than wait, as a peer hung in the
+#: middle of a release would hold it until its session ends.
 #: The release's commit does not wait for the disk (0.08 ms, not 0.38, here): one lost in a
 #: server crash puts its notifications back to wait, to be published again under the same
 #: task ids, as a crash between the publish and the commit would.
-LOCK_RELEASE = """
-SELECT pg_advisory_xact_lock(hashtext('pgcelery_release')),
+TAKE_RELEASE_TURN = """
+SELECT pg_try_advisory_xact_lock(hashtext('pgcelery_release')),
        set_config('synchronous_commit', 'off', true)
 """
 
@@ -640,5 +642,5 @@ WAITING_COUNTS = f"SELECT channel, listener, count(*) FROM {WAITING} GROUP BY ch
 #: The statements of a bridge's every claim and release, prepared once per session where the
 #: session is its own (see ``Connector.connect``), as its claim is: parsing and planning them
 #: took longer than running them.
-PREPARED = (DELETE, PARK, REMEMBER_DELIVERIES, LOCK_RELEASE, WAITING_FIRST, WAITING_FREED,
-            UNPARK)
+PREPARED = (DELETE, PARK, REMEMBER_DELIVERIES, TAKE_RELEASE_TURN, WAITING_FIRST,
+            WAITING_FREED, UNPARK)

@@ -164,6 +164,11 @@ class OutboxStore(abc.ABC):
         """Moves claimed notifications of keyed listeners to wait for their keys."""
 
     @abc.abstractmethod
+    def take_release_turn(self) -> bool:
+        """Whether this transaction takes the bridges' turn to release: False while another
+        release holds it. Held until the transaction ends."""
+
+    @abc.abstractmethod
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
                 channels: Sequence[str],
                 freed: Sequence[str] | None = None) -> dict[str, list[Waiting]]:
@@ -172,7 +177,7 @@ class OutboxStore(abc.ABC):
         none that a pending row of ``channels`` (claimed by another bridge, not yet parked)
         may come before, and none of a key whose deliveries in flight reach the listener's
         ``limits``. With ``freed`` (task ids of finished deliveries), only of their keys.
-        Holds off the releases of other bridges until the transaction ends."""
+        Read once the release's turn is taken."""
 
     @abc.abstractmethod
     def blocked(self, listeners: Sequence[Listener]) -> set[ListenerKey]:
@@ -289,10 +294,13 @@ class DatabaseStore(OutboxStore):
              str(row.uuid), row.payload, row.context) for listener, row in parked),
             strict=True)])
 
+    def take_release_turn(self) -> bool:
+        [(taken, _)] = self.connector.run(sql.TAKE_RELEASE_TURN)
+        return bool(taken)
+
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
                 channels: Sequence[str],
                 freed: Sequence[str] | None = None) -> dict[str, list[Waiting]]:
-        self.connector.defer(sql.LOCK_RELEASE)  # sent with the read, which waits for it
         served = [list(first), list(first.values()), [limits[name] for name in first],
                   list(channels)]
         query, params = ((sql.WAITING_FIRST, served) if freed is None
@@ -517,6 +525,10 @@ class MemoryStore(OutboxStore):
         for listener, row in parked:
             self.parked.append(_Parked(next(self._parked_ids), listener.task_name,
                                        _memory_key(listener, row.payload), row, now - row.age))
+
+    def take_release_turn(self) -> bool:
+        """One releaser: the turn is always free."""
+        return True
 
     def waiting(self, first: dict[str, int], limits: dict[str, int | None],
                 channels: Sequence[str],
