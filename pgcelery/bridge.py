@@ -151,8 +151,9 @@ class Outbox:
         self.sweep_at = 0.0
         #: When the next unfinished delivery of a ``redeliver_after`` listener is due.
         self.redeliver_at = 0.0
-        #: When to release what waits for keys without a drain: at once once a worker freed a
-        #: key, else when the next debounced notification is due (a drain releases too).
+        #: When to release every key without a drain: at once after a wake-up that names no
+        #: delivery, or one refused the turn, else when the next debounced notification is
+        #: due (a drain releases too).
         self.release_at = 0.0
         #: Task ids of deliveries of keyed listeners a worker said finished, since the last
         #: release: the next one looks at their keys (or at all, if a full one is due).

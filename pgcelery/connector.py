@@ -256,7 +256,7 @@ class Connector(abc.ABC):
             cursor.execute(text)
             return self._rows(cursor)
 
-    def defer(self, statement: str, params: Any = None) -> None:
+    def defer(self, statement: str, params: Any) -> None:
         """Sends ``statement`` with the transaction's next statement or its COMMIT: for
         those whose result is not read."""
         if self._deferred is None:

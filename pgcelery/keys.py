@@ -45,9 +45,11 @@ def freed_task(payload: str) -> str | None:
     if payload == FREED:
         return ""
     return payload.removeprefix(f"{FREED} ") if payload.startswith(f"{FREED} ") else None
+
+
 #: Seconds at least from a release that published several deliveries to the next that
 #: workers' wake-ups ask: under load, one release serves every key freed meanwhile (a
-#: transaction of three round trips, not one per finished task), and a key's next
+#: transaction of four round trips, not one per finished task), and a key's next
 #: notification waits that much longer at most. After a release of one delivery, or of
 #: none, the next goes at once: a lone busy key does not wait.
 RELEASE_GAP = 0.010
@@ -251,7 +253,7 @@ class Release:
                          if typing.cast(Keys, listener.keys).blocking]
         self._send = send
 
-    def turn(self, outbox: Outbox, full: bool = True) -> list[messages.Delivery]:
+    def turn(self, outbox: Outbox, full: bool) -> list[messages.Delivery]:
         """Publishes what may go now, of every key if ``full``, else of the keys of the
         deliveries the outbox heard finished; returns the deliveries sent. The outbox is due
         again when the first debounce not yet due is."""
